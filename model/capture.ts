@@ -1,0 +1,195 @@
+/**
+ * The public capture API: give it a model, a layer and a prompt (or token ids); it reads
+ * only the bytes that layer needs, runs the forward pass on the GPU and returns Q, K
+ * (as it leaves `k_proj`, and after RoPE) and V of that layer.
+ *
+ * @example
+ * ```ts ignore
+ * import { captureLayer } from "./capture.ts";
+ * const cap = await captureLayer({ model: "meta-llama/Meta-Llama-3-8B", layer: 5, prompt: "Hello" });
+ * console.log(cap.KV, "KV heads shared by", cap.H / cap.KV, "query heads each");
+ * ```
+ * @module
+ */
+import { type Gpu, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
+import { checkShapes, type ModelConfig, parseConfigText } from "./config.ts";
+import { GqaError } from "./errors.ts";
+import { runForward } from "./forward.ts";
+import { type Plan, planCapture } from "./plan.ts";
+import { type ByteSource, openSource, type OpenSourceOptions } from "./source.ts";
+import { loadTensorIndex } from "./tensors.ts";
+import { loadTokenizer } from "./tokenizer.ts";
+
+/** The default model: the one the original notebook draws. */
+export const DEFAULT_MODEL = "meta-llama/Meta-Llama-3-8B";
+
+/** Layer L's attention inputs for one prompt. GQA: query head h uses KV head ⌊h / (H/KV)⌋. */
+export interface Capture {
+  model: string;
+  revision: string;
+  layer: number;
+  tokenIds: number[];
+  /** tokenTexts[t] is the decoded text of token t. */
+  tokenTexts: string[];
+  T: number;
+  H: number;
+  KV: number;
+  HD: number;
+  q: Float32Array; //     (T, H*HD)   as it leaves q_proj (pre-RoPE)
+  k: Float32Array; //     (T, KV*HD)  as it leaves k_proj (pre-RoPE): the capture point
+  kRope: Float32Array; // (T, KV*HD)  after RoPE
+  qRope: Float32Array; // (T, H*HD)   after RoPE
+  v: Float32Array; //     (T, KV*HD)
+}
+
+/** Everything a run measured, beside the capture. */
+export interface CaptureReport {
+  plan: Plan;
+  config: ModelConfig;
+  /** Bytes read from the network or disk (not from our range cache). */
+  bytesFetched: number;
+  requests: number;
+  layerSeconds: number[];
+  adapter: string;
+}
+
+/** Options of {@linkcode captureLayer}. */
+export interface CaptureOptions {
+  /** A Hub repo id or a local folder (default {@linkcode DEFAULT_MODEL}). */
+  model?: string;
+  /** Branch, tag or commit on the Hub (default "main"). */
+  revision?: string;
+  /** The layer to capture, 0-based. */
+  layer: number;
+  /** Text to tokenize (with BOS); ignored when `tokenIds` is given. */
+  prompt?: string;
+  /** Token ids to use as they are. */
+  tokenIds?: number[];
+  /** Hub token (default `HF_TOKEN` from the environment). Never printed or stored. */
+  hfToken?: string;
+  /** Hub base URL (default `HF_ENDPOINT`, else https://huggingface.co). */
+  endpoint?: string;
+  /** No network at all (default: `HF_HUB_OFFLINE=1`). */
+  offline?: boolean;
+  /** Where fetched byte ranges are cached. */
+  cacheDir?: string;
+  /** Show a progress bar on a terminal (default true). */
+  progress?: boolean;
+  /** A device to use (default: the first adapter found). */
+  gpu?: Gpu;
+  /** Receives one-line status messages (the plan); default none. */
+  log?: (line: string) => void;
+  /** Check every step for NaN/Inf (default true). */
+  checkFinite?: boolean;
+  /** More source options (Hugging Face cache folder, retry policy, fetch), for tests. */
+  source?: Partial<OpenSourceOptions>;
+}
+
+/** The prompt used when neither a prompt nor token ids are given. */
+export const DEFAULT_PROMPT = "The quick brown fox jumps over the lazy dog";
+
+async function tokenize(
+  src: ByteSource,
+  opts: CaptureOptions,
+): Promise<{ ids: number[]; texts: (id: number) => string }> {
+  let tokenizer: Awaited<ReturnType<typeof loadTokenizer>> | undefined;
+  if (await src.exists("tokenizer.json")) {
+    tokenizer = await loadTokenizer(await src.readText("tokenizer.json"));
+  } else if (!opts.tokenIds) {
+    throw new GqaError(
+      "not-found",
+      `${src.name} has no tokenizer.json, so the prompt cannot be tokenized. Pass the ` +
+        `token ids yourself with --token-ids (e.g. --token-ids 128000,791,4062).`,
+    );
+  }
+  const ids = opts.tokenIds ?? tokenizer!.encode(opts.prompt ?? DEFAULT_PROMPT);
+  if (ids.length === 0) {
+    throw new GqaError("bad-input", "The prompt has no tokens; give a non-empty --prompt.");
+  }
+  const texts = (id: number) => tokenizer ? tokenizer.tokenText(id) : `#${id}`;
+  return { ids, texts };
+}
+
+/**
+ * Captures Q, K (pre- and post-RoPE) and V of `opts.layer` for a prompt, reading only the
+ * bytes that layer needs.
+ */
+export async function captureLayer(
+  opts: CaptureOptions,
+): Promise<Capture & { report: CaptureReport }> {
+  const model = opts.model ?? DEFAULT_MODEL;
+  if (!Number.isInteger(opts.layer) || opts.layer < 0) {
+    throw new GqaError(
+      "bad-input",
+      `--layer must be a whole number ≥ 0, got ${opts.layer}.`,
+    );
+  }
+  const src = await openSource({
+    model,
+    revision: opts.revision,
+    token: opts.hfToken,
+    endpoint: opts.endpoint,
+    offline: opts.offline,
+    cacheDir: opts.cacheDir,
+    progress: opts.progress ?? true,
+    ...opts.source,
+  });
+
+  // 1. Config, then the tensor table from the safetensors headers (read by range).
+  const config = parseConfigText(await src.readText("config.json"), {
+    where: `${src.name}/config.json`,
+  });
+  if (opts.layer >= config.layers) {
+    throw new GqaError(
+      "bad-input",
+      `--layer ${opts.layer} is out of range: ${src.name} has ${config.layers} layers, ` +
+        `so the valid range is 0 to ${config.layers - 1}.`,
+    );
+  }
+  const tensors = await loadTensorIndex(src);
+  checkShapes(config, tensors, opts.layer);
+
+  // 2. Tokens, then the plan: exactly the byte ranges this layer needs.
+  const { ids, texts } = await tokenize(src, opts);
+  const plan = planCapture({ config, tensors, layer: opts.layer, tokenIds: ids });
+  opts.log?.(plan.describe(src.name));
+  src.expectBytes?.(plan.bytes);
+
+  // 3. The forward pass on the GPU.
+  const gpu = opts.gpu ?? await requestGpu();
+  if (!gpu) throw new GqaError("no-adapter", NO_ADAPTER_HELP);
+  const out = await runForward({
+    gpu,
+    src,
+    config,
+    tensors,
+    plan,
+    tokenIds: ids,
+    checkFinite: opts.checkFinite,
+  }).finally(() => src.close?.());
+
+  return {
+    model,
+    revision: src.revision,
+    layer: opts.layer,
+    tokenIds: ids,
+    tokenTexts: ids.map(texts),
+    T: ids.length,
+    H: config.H,
+    KV: config.KV,
+    HD: config.HD,
+    q: out.q,
+    k: out.k,
+    kRope: out.kRope,
+    qRope: out.qRope,
+    v: out.v,
+    report: {
+      plan,
+      config,
+      bytesFetched: src.stats.bytesFetched,
+      requests: src.stats.requests,
+      layerSeconds: out.layerSeconds,
+      adapter: gpu.adapterName,
+    },
+  };
+}

@@ -1,0 +1,193 @@
+/**
+ * The forward pass, layer by layer, over streamed weights.
+ *
+ * ```
+ *  embedding rows of the prompt's tokens ──► x (T, D) on the GPU
+ *  for l in 0..L-1:   read layer l's weights (layer l+1's read already started)
+ *                     upload into the ONE set of layer buffers, decoderLayer(full)
+ *  layer L:           input_layernorm + q/k/v only, decoderLayer(stop: "qkv") → capture
+ * ```
+ *
+ * Device memory is one layer of weights plus activations, whatever L is: every layer has
+ * the same shapes, so the buffers created for layer 0 are rewritten for layer 1, and so on.
+ * While the GPU runs layer l, the bytes of layer l+1 are already being read.
+ * @module
+ */
+import type { Gpu } from "../kernels/gpu.ts";
+import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
+import { type GpuMatrix, uploadMatrix, writeMatrix } from "../kernels/matmul.ts";
+import { ropeTables } from "../kernels/rope.ts";
+import {
+  allocCapture,
+  allocScratch,
+  decoderLayer,
+  LAYER_STEPS,
+  type LayerDims,
+  type LayerWeights,
+} from "../kernels/decoder_layer.ts";
+import { createFiniteCheck, firstNonFinite, resetFiniteCheck } from "../kernels/finite_check.ts";
+import type { ModelConfig } from "./config.ts";
+import { gatherEmbeddingRows, type Plan, type TensorRead } from "./plan.ts";
+import type { ByteSource } from "./source.ts";
+import type { TensorInfo } from "./safetensors.ts";
+import { GqaError } from "./errors.ts";
+
+/** What the forward pass returns: the four captured tensors of layer L as f32. */
+export interface ForwardResult {
+  q: Float32Array; //     (T, H*HD)   as it leaves q_proj
+  k: Float32Array; //     (T, KV*HD)  as it leaves k_proj
+  kRope: Float32Array; // (T, KV*HD)  after RoPE
+  qRope: Float32Array; // (T, H*HD)   after RoPE
+  v: Float32Array; //     (T, KV*HD)
+  /** Seconds spent on each layer (read wait + upload + compute), index = layer. */
+  layerSeconds: number[];
+}
+
+/** Arguments of {@linkcode runForward}. */
+export interface ForwardArgs {
+  gpu: Gpu;
+  src: ByteSource;
+  config: ModelConfig;
+  tensors: Map<string, TensorInfo & { file: string }>;
+  plan: Plan;
+  tokenIds: number[];
+  /** Check every step for NaN/Inf and stop with the layer and step (default true). */
+  checkFinite?: boolean;
+}
+
+/** Reads every tensor of `reads` (in parallel) into a name → bytes map. */
+async function readAll(src: ByteSource, reads: TensorRead[]): Promise<Map<string, Uint8Array>> {
+  const bytes = await Promise.all(reads.map((r) => src.read(r.file, r.begin, r.end)));
+  return new Map(reads.map((r, i) => [r.tensor, bytes[i]]));
+}
+
+/** Layer l's tensor names, HF style. */
+function names(l: number) {
+  const p = `model.layers.${l}.`;
+  return {
+    inputNorm: p + "input_layernorm.weight",
+    q: p + "self_attn.q_proj.weight",
+    k: p + "self_attn.k_proj.weight",
+    v: p + "self_attn.v_proj.weight",
+    qBias: p + "self_attn.q_proj.bias",
+    kBias: p + "self_attn.k_proj.bias",
+    vBias: p + "self_attn.v_proj.bias",
+    o: p + "self_attn.o_proj.weight",
+    postNorm: p + "post_attention_layernorm.weight",
+    gate: p + "mlp.gate_proj.weight",
+    up: p + "mlp.up_proj.weight",
+    down: p + "mlp.down_proj.weight",
+  };
+}
+
+type MatrixKey = "q" | "k" | "v" | "o" | "gate" | "up" | "down";
+type VectorKey = "inputNorm" | "postNorm" | "qBias" | "kBias" | "vBias";
+
+/**
+ * Holds the one set of layer buffers and rewrites it for each layer. Matrices keep their
+ * stored dtype; norm weights and biases are decoded to f32 on the CPU (they are tiny).
+ */
+class LayerSlots {
+  readonly w: Partial<LayerWeights> = {};
+  constructor(
+    readonly gpu: Gpu,
+    readonly tensors: Map<string, TensorInfo & { file: string }>,
+  ) {}
+
+  setMatrix(key: MatrixKey, name: string, bytes: Uint8Array) {
+    const info = this.tensors.get(name)!;
+    const [N, K] = info.shape;
+    const dtype = info.dtype as WeightDtype;
+    const cur = this.w[key];
+    if (cur && cur.N === N && cur.K === K && cur.dtype === dtype) writeMatrix(this.gpu, cur, bytes);
+    else this.w[key] = uploadMatrix(this.gpu, { bytes, dtype, N, K, label: key }) as GpuMatrix;
+  }
+
+  setVector(key: VectorKey, name: string, bytes: Uint8Array) {
+    const f32 = decodeWeights(bytes, this.tensors.get(name)!.dtype as WeightDtype);
+    const cur = this.w[key];
+    if (cur && cur.size >= f32.byteLength) this.gpu.write(cur, f32);
+    else this.w[key] = this.gpu.upload(f32, key);
+  }
+
+  /** Writes layer l's weights from `bytes` (only those present: layer L has q/k/v only). */
+  load(l: number, bytes: Map<string, Uint8Array>) {
+    const n = names(l);
+    for (const key of ["q", "k", "v", "o", "gate", "up", "down"] as const) {
+      const b = bytes.get(n[key]);
+      if (b) this.setMatrix(key, n[key], b);
+    }
+    for (const key of ["inputNorm", "postNorm", "qBias", "kBias", "vBias"] as const) {
+      const b = bytes.get(n[key]);
+      if (b) this.setVector(key, n[key], b);
+    }
+  }
+}
+
+/**
+ * Runs layers 0..L-1 and the capture part of layer L on the GPU, streaming each layer's
+ * weights from `src` while the previous layer computes.
+ */
+export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
+  const { gpu, src, config: cfg, plan, tokenIds } = a;
+  const L = plan.layer;
+  const T = tokenIds.length;
+  const dims: LayerDims = { T, D: cfg.D, H: cfg.H, KV: cfg.KV, HD: cfg.HD, I: cfg.I, eps: cfg.eps };
+
+  // 1. The embedding rows of the prompt's distinct tokens (never the whole table).
+  const embDtype = a.tensors.get("model.embed_tokens.weight")!.dtype as WeightDtype;
+  const chunks = await Promise.all(plan.embedding.map((r) => src.read(r.file, r.begin, r.end)));
+  const rows = gatherEmbeddingRows(plan, tokenIds, chunks); // (T, D) stored dtype
+  const x = gpu.upload(decodeWeights(rows, embDtype), "residual x"); // (T, D) f32
+
+  // 2. Buffers shared by every layer: scratch activations, RoPE tables, capture targets.
+  const s = allocScratch(gpu, dims);
+  const { cos, sin } = ropeTables({ T, HD: cfg.HD, cfg: cfg.rope, posOffset: 0 });
+  gpu.write(s.cos, cos);
+  gpu.write(s.sin, sin);
+  const capture = allocCapture(gpu, dims);
+  const check = a.checkFinite === false ? undefined : createFiniteCheck(gpu, LAYER_STEPS.length);
+  const slots = new LayerSlots(gpu, a.tensors);
+
+  // 3. Layer by layer; the read of layer l+1 starts before layer l computes.
+  const layerSeconds: number[] = [];
+  let next = readAll(src, plan.layers[0]);
+  for (let l = 0; l <= L; l++) {
+    const t0 = performance.now();
+    const bytes = await next;
+    if (l < L) next = readAll(src, plan.layers[l + 1]);
+    slots.load(l, bytes);
+    bytes.clear();
+    if (check) resetFiniteCheck(gpu, check);
+    const enc = gpu.device.createCommandEncoder();
+    decoderLayer(gpu, enc, {
+      dims,
+      w: slots.w as LayerWeights,
+      x,
+      s,
+      stop: l === L ? "qkv" : "full",
+      capture: l === L ? capture : undefined,
+      check,
+    });
+    await gpu.submit(enc);
+    if (check) {
+      const bad = await firstNonFinite(gpu, check);
+      if (bad >= 0) {
+        throw new GqaError(
+          "non-finite",
+          `A NaN or infinite value first appeared in layer ${l} at step "${LAYER_STEPS[bad]}" ` +
+            `of ${src.name}. The weights of that layer may be corrupt or stored in a dtype ` +
+            `that overflows; check the checkpoint's files (re-download them) and try a ` +
+            `lower --layer to see the last layer that is still finite.`,
+        );
+      }
+    }
+    layerSeconds.push((performance.now() - t0) / 1000);
+  }
+
+  // 4. Read the captured tensors back.
+  const [q, k, kRope, qRope, v] = await Promise.all(
+    [capture.q, capture.k, capture.kRope, capture.qRope, capture.v].map((b) => gpu.read(b)),
+  );
+  return { q, k, kRope, qRope, v, layerSeconds };
+}

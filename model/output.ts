@@ -1,0 +1,92 @@
+/**
+ * Writing results: files are written atomically (a temp file beside the target, then a
+ * rename), so an interrupted run never leaves a half-written SVG or tensor file, and a
+ * path that is a directory or a special file is refused instead of clobbered.
+ *
+ * `captureToSafetensors` turns a capture into the F32 safetensors file that numpy and
+ * torch users load directly (`safetensors.numpy.load_file`).
+ * @module
+ */
+import { GqaError } from "./errors.ts";
+import { writeSafetensors } from "./safetensors.ts";
+import { dirname, join } from "node:path";
+
+/** Writes `data` to `path` atomically; refuses directories and special files. */
+export async function writeFileAtomic(
+  path: string,
+  data: Uint8Array | string,
+  what: string,
+): Promise<void> {
+  try {
+    const st = await Deno.stat(path);
+    if (!st.isFile) {
+      throw new GqaError(
+        "output",
+        `Cannot write the ${what} to ${path}: it exists and is ${
+          st.isDirectory ? "a directory" : "not a regular file"
+        }. Choose another path (for a directory, name a file inside it).`,
+      );
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      if (e instanceof GqaError) throw e;
+      throw new GqaError("output", `Cannot write the ${what} to ${path}: ${(e as Error).message}.`);
+    }
+  }
+  const dir = dirname(path);
+  const tmp = join(dir, `.${crypto.randomUUID()}.tmp`);
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  try {
+    await Deno.writeFile(tmp, bytes);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new GqaError(
+      "output",
+      `Cannot write the ${what} to ${path}: ${(e as Error).message}. Check that the folder ` +
+        `${dir} exists and is writable, or choose another path.`,
+    );
+  }
+}
+
+/** The capture fields that go into a tensor file. */
+export interface SavedCapture {
+  model: string;
+  revision: string;
+  layer: number;
+  tokenIds: number[];
+  T: number;
+  H: number;
+  KV: number;
+  HD: number;
+  q: Float32Array;
+  k: Float32Array;
+  kRope: Float32Array;
+  v: Float32Array;
+}
+
+/**
+ * The capture as an F32 safetensors file: `model.layers.{L}.self_attn.{k_proj, q_proj,
+ * v_proj, k_rope}` with shapes [T, KV·HD] / [T, H·HD], and `__metadata__` holding
+ * `model`, `revision`, `layer` and `token_ids` (a JSON array).
+ */
+export function captureToSafetensors(c: SavedCapture): Uint8Array {
+  const p = `model.layers.${c.layer}.self_attn.`;
+  const t = (name: string, a: Float32Array, cols: number) => ({
+    name: p + name,
+    dtype: "F32",
+    shape: [c.T, cols],
+    data: new Uint8Array(a.buffer, a.byteOffset, a.byteLength),
+  });
+  return writeSafetensors([
+    t("k_proj", c.k, c.KV * c.HD),
+    t("q_proj", c.q, c.H * c.HD),
+    t("v_proj", c.v, c.KV * c.HD),
+    t("k_rope", c.kRope, c.KV * c.HD),
+  ], {
+    model: c.model,
+    revision: c.revision,
+    layer: String(c.layer),
+    token_ids: JSON.stringify(c.tokenIds),
+  });
+}

@@ -1,0 +1,114 @@
+/**
+ * Shared test helpers: a seeded random generator, relative L2 error, 16-bit rounding,
+ * and `gpuTest`, which runs a test on the adapter it finds (and fails loudly in CI when
+ * there is none).
+ * @module
+ */
+import { type Gpu, requestGpu } from "../kernels/gpu.ts";
+
+/** A small seeded generator (mulberry32) so every failure can be reproduced from its seed. */
+export class Rng {
+  #s: number;
+  constructor(readonly seed: number) {
+    this.#s = seed >>> 0;
+  }
+  /** Uniform in [0, 1). */
+  next(): number {
+    let t = (this.#s = (this.#s + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  /** Standard normal (Box-Muller). */
+  normal(): number {
+    const u = 1 - this.next();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next());
+  }
+  /** `n` values ~ N(0, scale²). */
+  normals(n: number, scale = 1): Float32Array {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = this.normal() * scale;
+    return a;
+  }
+  /** Integer in [0, n). */
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+}
+
+/** A fresh seed per run (printed by the tests on failure), or `SEED` from the environment. */
+export function freshSeed(): number {
+  const env = Deno.env.get("SEED");
+  return env ? Number(env) : (Math.random() * 2 ** 32) >>> 0;
+}
+
+/** ‖a − b‖₂ / ‖b‖₂; NaN anywhere in `a` gives NaN (so poisoned outputs never pass). */
+export function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i] - b[i];
+    num += d * d;
+    den += b[i] * b[i];
+  }
+  return Math.sqrt(num / (den || 1));
+}
+
+/** Asserts every element is finite and the relative L2 error is within `tol`. */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: number,
+  what: string,
+): void {
+  for (let i = 0; i < actual.length; i++) {
+    if (!Number.isFinite(actual[i])) {
+      throw new Error(`${what}: element ${i} is ${actual[i]} (expected ${expected[i]})`);
+    }
+  }
+  const err = relL2(actual, expected);
+  if (!(err <= tol)) throw new Error(`${what}: relative L2 error ${err.toExponential(2)} > ${tol}`);
+}
+
+let gpuPromise: Promise<Gpu | null> | null = null;
+let announced = false;
+
+/** The shared test device (requested once per test process). */
+export function testGpu(): Promise<Gpu | null> {
+  gpuPromise ??= requestGpu();
+  return gpuPromise;
+}
+
+/**
+ * Registers a test that needs a WebGPU adapter. Without one it skips with a message on a
+ * developer machine, and fails in CI (`CI=true`), where a silent skip would hide a broken
+ * driver install. The seed is printed when the test fails.
+ */
+export function gpuTest(name: string, fn: (gpu: Gpu, rng: Rng) => Promise<void>): void {
+  Deno.test({
+    name,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    async fn() {
+      const gpu = await testGpu();
+      if (!gpu) {
+        if (Deno.env.get("CI") === "true") {
+          throw new Error("no WebGPU adapter found in CI; install mesa-vulkan-drivers");
+        }
+        console.warn(`skipped "${name}": no WebGPU adapter on this machine`);
+        return;
+      }
+      if (!announced) {
+        announced = true;
+        console.log(`adapter: ${gpu.adapterName} (shader-f16: ${gpu.hasF16})`);
+      }
+      const seed = freshSeed();
+      try {
+        await fn(gpu, new Rng(seed));
+      } catch (e) {
+        (e as Error).message += ` [seed ${seed}; rerun with SEED=${seed}]`;
+        throw e;
+      }
+    },
+  });
+}

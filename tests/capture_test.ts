@@ -1,0 +1,218 @@
+/**
+ * End-to-end: captureLayer() on the generated tiny model (Llama-3.1 architecture, H=32,
+ * KV=8, explicit head_dim, llama3 RoPE, BF16, two shards), from a folder and through the
+ * mock Hub, against the independent float64 forward pass in reference_llama.ts.
+ */
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { captureLayer } from "../model/capture.ts";
+import { parseConfigText } from "../model/config.ts";
+import { GqaError } from "../model/errors.ts";
+import { openSource } from "../model/source.ts";
+import { loadTensorIndex } from "../model/tensors.ts";
+import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
+import { makeTinyModel } from "../scripts/make_tiny_model.ts";
+import { assertClose, gpuTest } from "./_helpers.ts";
+import { MOCK_REPO, MOCK_TOKEN, startMockHub } from "./mock_hub.ts";
+import { type RefConfig, referenceCapture, type RefLayer } from "./reference_llama.ts";
+
+const TOKENS = [752, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 33]; // BOS "Hello world!"
+
+/** The tiny model's weights as f32, read without any of the GPU path's code. */
+async function loadReference(dir: string) {
+  const src = await openSource({ model: dir });
+  const cfg = parseConfigText(await src.readText("config.json"), { where: dir });
+  const tensors = await loadTensorIndex(src);
+  const get = async (name: string) => {
+    const t = tensors.get(name)!;
+    return decodeWeights(await src.read(t.file, t.begin, t.end), t.dtype as WeightDtype);
+  };
+  const layers: RefLayer[] = [];
+  for (let l = 0; l < cfg.layers; l++) {
+    const p = `model.layers.${l}.`;
+    layers.push({
+      inputNorm: await get(p + "input_layernorm.weight"),
+      q: await get(p + "self_attn.q_proj.weight"),
+      k: await get(p + "self_attn.k_proj.weight"),
+      v: await get(p + "self_attn.v_proj.weight"),
+      o: await get(p + "self_attn.o_proj.weight"),
+      postNorm: await get(p + "post_attention_layernorm.weight"),
+      gate: await get(p + "mlp.gate_proj.weight"),
+      up: await get(p + "mlp.up_proj.weight"),
+      down: await get(p + "mlp.down_proj.weight"),
+    });
+  }
+  const emb = await get("model.embed_tokens.weight");
+  const s = cfg.rope.scaling;
+  const ref: RefConfig = {
+    D: cfg.D,
+    H: cfg.H,
+    KV: cfg.KV,
+    HD: cfg.HD,
+    I: cfg.I,
+    eps: cfg.eps,
+    theta: cfg.rope.theta,
+    llama3: s && {
+      factor: s.factor,
+      low: s.lowFreqFactor,
+      high: s.highFreqFactor,
+      original: s.originalMaxPositionEmbeddings,
+    },
+  };
+  const embeds = (ids: number[]) => {
+    const x = new Float32Array(ids.length * cfg.D);
+    ids.forEach((id, t) => x.set(emb.subarray(id * cfg.D, (id + 1) * cfg.D), t * cfg.D));
+    return x;
+  };
+  return { cfg, ref, layers, embeds };
+}
+
+gpuTest(
+  "captureLayer() matches the float64 reference at every layer of the tiny model",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const m = await loadReference(dir);
+    for (let L = 0; L < m.cfg.layers; L++) {
+      const cap = await captureLayer({
+        model: dir,
+        layer: L,
+        tokenIds: TOKENS,
+        gpu,
+        progress: false,
+      });
+      const ref = referenceCapture({
+        cfg: m.ref,
+        embeds: m.embeds(TOKENS),
+        T: TOKENS.length,
+        layers: (l) => m.layers[l],
+        L,
+      });
+      assertEquals([cap.T, cap.H, cap.KV, cap.HD], [TOKENS.length, 32, 8, 16]);
+      assertClose(cap.q, ref.q, 1e-3, `layer ${L} q`);
+      assertClose(cap.k, ref.k, 1e-3, `layer ${L} k (as it leaves k_proj)`);
+      assertClose(cap.kRope, ref.kRope, 1e-3, `layer ${L} k after RoPE`);
+      assertClose(cap.qRope, ref.qRope, 1e-3, `layer ${L} q after RoPE`);
+      assertClose(cap.v, ref.v, 1e-3, `layer ${L} v`);
+    }
+  },
+);
+
+gpuTest("captureLayer() tokenizes the prompt with BOS and names each token", async (gpu) => {
+  const { dir } = await makeTinyModel();
+  const cap = await captureLayer({
+    model: dir,
+    layer: 0,
+    prompt: "Hello world",
+    gpu,
+    progress: false,
+  });
+  assertEquals(cap.tokenIds[0], 752); // the tiny tokenizer's <|begin_of_text|>
+  assertEquals(cap.tokenTexts.join(""), "<|begin_of_text|>Hello world");
+});
+
+gpuTest(
+  "captureLayer(): K of token 0 does not depend on the tokens after it (causality)",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const a = await captureLayer({ model: dir, layer: 3, tokenIds: TOKENS, gpu, progress: false });
+    const other = [TOKENS[0], 500, 600, 700, 12, 13];
+    const b = await captureLayer({ model: dir, layer: 3, tokenIds: other, gpu, progress: false });
+    const row = 8 * 16; // KV*HD
+    assertEquals(Array.from(a.k.subarray(0, row)), Array.from(b.k.subarray(0, row)));
+    assertEquals(Array.from(a.kRope.subarray(0, row)), Array.from(b.kRope.subarray(0, row)));
+    assert(a.k[row] !== b.k[row], "token 1 differs, so its K should differ");
+  },
+);
+
+gpuTest(
+  "captureLayer(): a layer out of range names the valid range before reading tensors",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    try {
+      await captureLayer({ model: dir, layer: 4, tokenIds: [1], gpu, progress: false });
+      throw new Error("expected an error");
+    } catch (e) {
+      assert(e instanceof GqaError, String(e));
+      assert(/0 to 3/.test(e.message), e.message);
+    }
+  },
+);
+
+gpuTest(
+  "captureLayer() through the mock Hub reads within 1.02 × the plan + 1 MiB, then from its cache",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const cache = await Deno.makeTempDir();
+    const hfHome = await Deno.makeTempDir();
+    await using hub = await startMockHub({
+      repos: { [MOCK_REPO]: { dir } },
+      redirect: /safetensors$/,
+    });
+    const opts = {
+      model: MOCK_REPO,
+      tokenIds: TOKENS,
+      gpu,
+      progress: false,
+      source: { endpoint: hub.endpoint, cacheDir: cache, hfCacheDir: hfHome, token: "" },
+    };
+    const first = await captureLayer({ ...opts, layer: 2 });
+    const planned = first.report.plan.bytes;
+    assert(first.report.bytesFetched >= planned, "fetched less than the plan");
+    assert(
+      hub.stats.bytesServed <= 1.02 * planned + 2 ** 20,
+      `served ${hub.stats.bytesServed} bytes for a plan of ${planned}`,
+    );
+    // The same layer again, then a lower one: no tensor bytes.
+    hub.resetStats();
+    const again = await captureLayer({ ...opts, layer: 2 });
+    await captureLayer({ ...opts, layer: 1 });
+    assert(hub.bytesFor(".safetensors") === 0, `re-fetched ${hub.bytesFor(".safetensors")} B`);
+    assertEquals(Array.from(again.k), Array.from(first.k));
+    // A higher layer fetches only the difference: layer 2's o/MLP weights and layer 3's q/k/v.
+    hub.resetStats();
+    const higher = await captureLayer({ ...opts, layer: 3 });
+    const diff = higher.report.plan.bytes - planned;
+    assert(
+      hub.bytesFor(".safetensors") <= diff + 2 ** 16,
+      `${hub.bytesFor(".safetensors")} > ${diff}`,
+    );
+    await Deno.remove(cache, { recursive: true });
+    await Deno.remove(hfHome, { recursive: true });
+  },
+);
+
+gpuTest(
+  "captureLayer() on a gated repo explains HF_TOKEN without a token and with a wrong one",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const cache = await Deno.makeTempDir();
+    await using hub = await startMockHub({ repos: { [MOCK_REPO]: { dir, gated: true } } });
+    const wrong = "hf_wrongWrongWrongWrong0123456789";
+    for (const token of ["", wrong]) {
+      try {
+        await captureLayer({
+          model: MOCK_REPO,
+          layer: 0,
+          tokenIds: [1],
+          gpu,
+          progress: false,
+          source: { endpoint: hub.endpoint, cacheDir: cache, hfCacheDir: false, token },
+        });
+        throw new Error("expected an auth error");
+      } catch (e) {
+        assert(e instanceof GqaError && e.code === "auth", String(e));
+        assert(e.message.includes("HF_TOKEN"), e.message);
+        assert(!e.message.includes(wrong) && !e.message.includes(MOCK_TOKEN), "token leaked");
+      }
+    }
+    const ok = await captureLayer({
+      model: MOCK_REPO,
+      layer: 0,
+      tokenIds: [1],
+      gpu,
+      progress: false,
+      source: { endpoint: hub.endpoint, cacheDir: cache, hfCacheDir: false, token: MOCK_TOKEN },
+    });
+    assertEquals(ok.T, 1);
+    await Deno.remove(cache, { recursive: true });
+  },
+);

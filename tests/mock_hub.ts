@@ -1,0 +1,614 @@
+/**
+ * A mock Hugging Face Hub on 127.0.0.1 for tests: it serves folders (or in-memory files)
+ * as model repos the way the real Hub's `resolve` endpoint does, counts what it sends,
+ * and injects faults on demand.
+ *
+ * ```
+ * GET|HEAD {endpoint}/{owner}/{name}/resolve/{revision}/{file}
+ *   200, or 206 for `Range: bytes=a-b` (Content-Range: bytes a-b/size), 416 out of range
+ *   headers as the Hub sends them: ETag, X-Repo-Commit, Accept-Ranges: bytes
+ *   404 + X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound
+ *   gated repos: 401 (no Authorization) / 403 (wrong token), X-Error-Code: GatedRepo
+ *   redirect mode: 302 to a second server on another port (the "CDN"), with X-Repo-Commit,
+ *   X-Linked-Size and X-Linked-ETag, as the Hub does for large files
+ * ```
+ *
+ * Faults ({@linkcode MockFaultRule}) apply to the next `times` matching requests: an HTTP
+ * status (401/403/404/429/500/503…), a connection reset after k body bytes, a body that
+ * stalls, a body longer or shorter than its Content-Range, or Range ignored (200 + the
+ * whole file). Bodies are produced lazily, one chunk per pull, so `stats.bytesServed`
+ * counts what was really handed to the network, not what was planned.
+ * @example
+ * ```ts
+ * await using hub = await startMockHub({ repos: { "test/tiny": { dir: "testdata/generated/tiny" } } });
+ * const src = await openSource({ model: "test/tiny", endpoint: hub.endpoint, cacheDir: tmp, token: "" });
+ * ```
+ * @module
+ */
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+
+/** The commit sha every mock repo is at unless told otherwise. */
+export const MOCK_COMMIT = "0123456789abcdef0123456789abcdef01234567";
+/** A repo id for "the tiny model", by convention. */
+export const MOCK_REPO = "test/tiny";
+/** A token for gated mock repos (fake; starts with hf_ like real ones). */
+export const MOCK_TOKEN = "hf_MockTokenForTestsOnly0123456789abcdef";
+
+/** One repo served by the mock. */
+export interface MockRepo {
+  /** Serve this folder's files (subfolders too). */
+  dir?: string;
+  /** Or these files (these win over `dir`). */
+  files?: Record<string, Uint8Array | string>;
+  /** The commit "main" resolves to (default {@linkcode MOCK_COMMIT}). */
+  commit?: string;
+  /** Other branch/tag names → commit. */
+  revisions?: Record<string, string>;
+  /** Require `Authorization: Bearer {token}`. */
+  gated?: boolean;
+}
+
+/** What goes wrong. */
+export type MockFault =
+  | { kind: "status"; status: number; retryAfter?: number; errorCode?: string }
+  | { kind: "reset"; after: number } // send `after` body bytes, then drop the connection
+  | { kind: "stall"; after: number; ms?: number } // send `after` bytes, then go silent for `ms` (default 30 s)
+  | { kind: "long"; extra: number } // send `extra` bytes beyond the asked range (headers unchanged)
+  | { kind: "short"; missing: number } // end the body `missing` bytes early, cleanly
+  | { kind: "ignore-range" } // answer 200 with the whole file
+  | { kind: "gzip" }; // if the client accepts gzip: 200 + the whole file gzipped (Content-Length: gzipped size)
+
+/** When a fault applies. */
+export interface MockFaultRule {
+  fault: MockFault;
+  /** Only for this file (exact name or pattern). */
+  file?: string | RegExp;
+  /** Only for this repo. */
+  repo?: string;
+  /** For how many matching requests (default 1; Infinity for all). */
+  times?: number;
+  /** Also for `Range: bytes=0-0` size probes (default: only status faults hit probes). */
+  probe?: boolean;
+  /** Only at this server (default: the first that meets a matching request). */
+  server?: "hub" | "cdn";
+}
+
+/** Options of {@linkcode startMockHub}. */
+export interface MockHubOptions {
+  repos: Record<string, MockRepo>;
+  /** The token gated repos accept (default {@linkcode MOCK_TOKEN}). */
+  token?: string;
+  faults?: MockFaultRule[];
+  /** Redirect resolve requests to the CDN server: all files (true) or those matching. */
+  redirect?: boolean | RegExp;
+  /** Body chunk size (default 64 KiB). */
+  chunkSize?: number;
+}
+
+/** One request, as the mock saw it (never the token itself). */
+export interface MockRequestLog {
+  server: "hub" | "cdn";
+  method: string;
+  path: string;
+  range: string | null;
+  status: number;
+  /** An Authorization header was present. */
+  auth: boolean;
+  fault?: string;
+}
+
+/** Counters for tests. */
+export interface MockHubStats {
+  /** Requests to the hub server. */
+  requests: number;
+  /** Requests to the CDN server. */
+  cdnRequests: number;
+  /** Body bytes handed to the network by both servers. */
+  bytesServed: number;
+  /** Hub requests that carried an Authorization header. */
+  hubAuthorizationSeen: number;
+  /** CDN requests that carried an Authorization header (should stay 0). */
+  cdnAuthorizationSeen: number;
+  log: MockRequestLog[];
+}
+
+/** A running mock. */
+export interface MockHub {
+  /** Base URL, e.g. http://127.0.0.1:41234 (use as HF_ENDPOINT). */
+  endpoint: string;
+  /** Base URL of the CDN server (another origin: another port). */
+  cdnOrigin: string;
+  stats: MockHubStats;
+  addFault(rule: MockFaultRule): void;
+  clearFaults(): void;
+  resetStats(): void;
+  /** Bytes served for requests whose path ends with `file`. */
+  bytesFor(file: string): number;
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+interface Source {
+  size: number;
+  open(): Promise<{ read(off: number, n: number): Promise<Uint8Array>; close(): void }>;
+}
+
+function emptyStats(): MockHubStats {
+  return {
+    requests: 0,
+    cdnRequests: 0,
+    bytesServed: 0,
+    hubAuthorizationSeen: 0,
+    cdnAuthorizationSeen: 0,
+    log: [],
+  };
+}
+
+/**
+ * Starts the mock Hub and its CDN on two free ports of 127.0.0.1.
+ * @example
+ * ```ts
+ * const hub = await startMockHub({ repos: { [MOCK_REPO]: { dir } }, faults: [{ fault: { kind: "status", status: 503 } }] });
+ * try { ... } finally { await hub.close(); }
+ * ```
+ */
+export function startMockHub(o: MockHubOptions): Promise<MockHub> {
+  const token = o.token ?? MOCK_TOKEN;
+  const chunk = o.chunkSize ?? 65536;
+  let faults: (MockFaultRule & { left: number })[] = (o.faults ?? []).map((r) => ({
+    ...r,
+    left: r.times ?? 1,
+  }));
+  let stats = emptyStats();
+  const perFile = new Map<string, number>();
+  const stalls = new Set<() => void>();
+
+  const repoOf = (repo: string) => o.repos[repo];
+  const commitOf = (r: MockRepo) => r.commit ?? MOCK_COMMIT;
+
+  async function source(r: MockRepo, file: string): Promise<Source | undefined> {
+    if (file.split("/").some((s) => s === "" || s === "." || s === "..")) return undefined;
+    const mem = r.files?.[file];
+    if (mem !== undefined) {
+      const bytes = typeof mem === "string" ? new TextEncoder().encode(mem) : mem;
+      return {
+        size: bytes.length,
+        open: () =>
+          Promise.resolve({
+            read: (off: number, n: number) => Promise.resolve(bytes.slice(off, off + n)),
+            close() {},
+          }),
+      };
+    }
+    if (!r.dir) return undefined;
+    const path = join(r.dir, file);
+    let st: Deno.FileInfo;
+    try {
+      st = await Deno.stat(path);
+    } catch {
+      return undefined;
+    }
+    if (!st.isFile) return undefined;
+    return {
+      size: st.size,
+      async open() {
+        const f = await Deno.open(path, { read: true });
+        let closed = false;
+        return {
+          async read(off: number, n: number) {
+            const out = new Uint8Array(n);
+            await f.seek(off, Deno.SeekMode.Start);
+            let got = 0;
+            while (got < n) {
+              const k = await f.read(out.subarray(got));
+              if (k === null) break;
+              got += k;
+            }
+            return out.subarray(0, got);
+          },
+          close() {
+            if (!closed) f.close();
+            closed = true;
+          },
+        };
+      },
+    };
+  }
+
+  function takeFault(
+    a: { server: "hub" | "cdn"; repo: string; file: string; probe: boolean; body: boolean },
+  ) {
+    for (const r of faults) {
+      if (r.left <= 0) continue;
+      if (r.server !== undefined && r.server !== a.server) continue;
+      if (r.repo !== undefined && r.repo !== a.repo) continue;
+      if (r.file !== undefined) {
+        const ok = typeof r.file === "string" ? r.file === a.file : r.file.test(a.file);
+        if (!ok) continue;
+      }
+      const isStatus = r.fault.kind === "status";
+      if (a.probe && !isStatus && !r.probe) continue;
+      if (!isStatus && !a.body) continue; // body faults wait for the server that sends the body
+      r.left--;
+      return r.fault;
+    }
+    return undefined;
+  }
+
+  function etagOf(repo: string, file: string, size: number): string {
+    return `"${createHash("sha1").update(`${repo}/${file}:${size}`).digest("hex")}"`;
+  }
+
+  function countBytes(path: string, n: number) {
+    stats.bytesServed += n;
+    perFile.set(path, (perFile.get(path) ?? 0) + n);
+  }
+
+  /** A lazily produced body: bytes [from, from + count) of `src`, then `extra` more (zeros past the end). */
+  function body(
+    src: Source,
+    a: { path: string; from: number; count: number; stopAfter?: number; stallMs?: number },
+  ): ReadableStream<Uint8Array> {
+    let handle: Awaited<ReturnType<Source["open"]>> | undefined;
+    let sent = 0;
+    let release: (() => void) | undefined;
+    const limit = a.stopAfter !== undefined ? Math.min(a.stopAfter, a.count) : a.count;
+    const done = () => {
+      handle?.close();
+      handle = undefined;
+      if (release) stalls.delete(release);
+    };
+    return new ReadableStream<Uint8Array>({
+      async pull(c) {
+        if (sent >= limit) {
+          if (a.stallMs !== undefined) {
+            await new Promise<void>((res) => {
+              const t = setTimeout(res, a.stallMs);
+              release = () => {
+                clearTimeout(t);
+                res();
+              };
+              stalls.add(release);
+            });
+          }
+          done();
+          c.close();
+          return;
+        }
+        handle ??= await src.open();
+        const off = a.from + sent;
+        const n = Math.min(chunk, limit - sent);
+        let bytes = off < src.size
+          ? await handle.read(off, Math.min(n, src.size - off))
+          : new Uint8Array(0);
+        if (bytes.length < n) { // past the end (a "long" body): pad with zeros
+          const padded = new Uint8Array(n);
+          padded.set(bytes);
+          bytes = padded;
+        }
+        sent += n;
+        countBytes(a.path, n);
+        c.enqueue(bytes);
+      },
+      cancel() {
+        release?.();
+        done();
+      },
+    }, { highWaterMark: 0 });
+  }
+
+  /** The answer with a body: range handling and body faults. */
+  async function serveBody(
+    req: Request,
+    src: Source,
+    path: string,
+    headers: Headers,
+    fault: MockFault | undefined,
+  ): Promise<{ res: Response; note?: string }> {
+    const acceptsGzip = /\bgzip\b/.test(req.headers.get("accept-encoding") ?? "");
+    if (fault?.kind === "gzip" && !acceptsGzip) {
+      fault = undefined; // like a real server: no compression unless the client accepts it
+    }
+    if (fault?.kind === "gzip" && req.method !== "HEAD") {
+      const h = await src.open();
+      const whole = await h.read(0, src.size);
+      h.close();
+      const gz = new Uint8Array(gzipSync(whole));
+      countBytes(path, gz.length);
+      headers.set("content-encoding", "gzip");
+      headers.set("content-length", String(gz.length));
+      return { res: new Response(gz, { status: 200, headers }), note: "gzip" };
+    }
+    const size = src.size;
+    const rh = req.headers.get("range");
+    let from = 0, to = size, status = 200;
+    if (rh && fault?.kind !== "ignore-range") {
+      const m = /^bytes=(\d*)-(\d*)$/.exec(rh.trim());
+      if (m && (m[1] !== "" || m[2] !== "")) {
+        if (m[1] === "") {
+          from = Math.max(0, size - Number(m[2]));
+        } else {
+          from = Number(m[1]);
+          to = m[2] === "" ? size : Math.min(size, Number(m[2]) + 1);
+        }
+        if (from >= size || from >= to) {
+          headers.set("content-range", `bytes */${size}`);
+          return { res: new Response(null, { status: 416, headers }) };
+        }
+        status = 206;
+        headers.set("content-range", `bytes ${from}-${to - 1}/${size}`);
+      }
+    }
+    const count = to - from;
+    if (req.method === "HEAD") {
+      headers.set("content-length", String(count));
+      return { res: new Response(null, { status, headers }) };
+    }
+    switch (fault?.kind) {
+      case "reset": // declare the full length, stop early: the client sees a broken connection
+        headers.set("content-length", String(count));
+        return {
+          res: new Response(body(src, { path, from, count, stopAfter: fault.after }), {
+            status,
+            headers,
+          }),
+          note: `reset after ${fault.after}`,
+        };
+      case "stall":
+        headers.set("content-length", String(count));
+        return {
+          res: new Response(
+            body(src, { path, from, count, stopAfter: fault.after, stallMs: fault.ms ?? 30_000 }),
+            { status, headers },
+          ),
+          note: `stall after ${fault.after}`,
+        };
+      case "short": // chunked, ends cleanly but early
+        return {
+          res: new Response(body(src, { path, from, count: Math.max(0, count - fault.missing) }), {
+            status,
+            headers,
+          }),
+          note: `short by ${fault.missing}`,
+        };
+      case "long": // chunked, more bytes than Content-Range says
+        return {
+          res: new Response(body(src, { path, from, count: count + fault.extra }), {
+            status,
+            headers,
+          }),
+          note: `long by ${fault.extra}`,
+        };
+      case "ignore-range":
+        headers.set("content-length", String(size));
+        return {
+          res: new Response(body(src, { path, from: 0, count: size }), { status: 200, headers }),
+          note: "ignored Range",
+        };
+      default:
+        headers.set("content-length", String(count));
+        return { res: new Response(body(src, { path, from, count }), { status, headers }) };
+    }
+  }
+
+  function statusFault(f: MockFault & { kind: "status" }): Response {
+    const h = new Headers({ "content-type": "application/json" });
+    if (f.retryAfter !== undefined) h.set("retry-after", String(f.retryAfter));
+    if (f.errorCode) h.set("x-error-code", f.errorCode);
+    return new Response(JSON.stringify({ error: `injected HTTP ${f.status}` }), {
+      status: f.status,
+      headers: h,
+    });
+  }
+
+  const json = (status: number, error: string, code?: string) =>
+    new Response(JSON.stringify({ error }), {
+      status,
+      headers: {
+        "content-type": "application/json",
+        ...(code ? { "x-error-code": code } : {}),
+      },
+    });
+
+  let cdnOrigin = "";
+
+  async function hubHandler(req: Request): Promise<Response> {
+    const url = new URL(req.url);
+    const auth = req.headers.get("authorization");
+    stats.requests++;
+    if (auth) stats.hubAuthorizationSeen++;
+    const log: MockRequestLog = {
+      server: "hub",
+      method: req.method,
+      path: url.pathname,
+      range: req.headers.get("range"),
+      status: 0,
+      auth: !!auth,
+    };
+    stats.log.push(log);
+    const res = await answerHub(req, url, auth, log);
+    log.status = res.status;
+    return res;
+  }
+
+  async function answerHub(
+    req: Request,
+    url: URL,
+    auth: string | null,
+    log: MockRequestLog,
+  ): Promise<Response> {
+    const path = url.pathname;
+    const i = path.indexOf("/resolve/");
+    if (i < 0) return json(404, "Not Found");
+    const repoId = decodeURIComponent(path.slice(1, i));
+    const rest = path.slice(i + "/resolve/".length);
+    const j = rest.indexOf("/");
+    const rev = decodeURIComponent(j < 0 ? rest : rest.slice(0, j));
+    const file = j < 0 ? "" : rest.slice(j + 1).split("/").map(decodeURIComponent).join("/");
+    const probe = req.headers.get("range") === "bytes=0-0";
+
+    const redirectIt = o.redirect === true ||
+      (o.redirect instanceof RegExp && o.redirect.test(file));
+    const f = takeFault({ server: "hub", repo: repoId, file, probe, body: !redirectIt });
+    if (f?.kind === "status") {
+      log.fault = `status ${f.status}`;
+      return statusFault(f);
+    }
+    const repo = repoOf(repoId);
+    if (!repo) return json(404, "Repository not found", "RepoNotFound");
+    if (repo.gated) {
+      if (!auth) {
+        return json(
+          401,
+          `Access to model ${repoId} is restricted. You must be authenticated.`,
+          "GatedRepo",
+        );
+      }
+      if (auth !== `Bearer ${token}`) {
+        return json(
+          403,
+          `Access to model ${repoId} is restricted and you are not in the authorized list.`,
+          "GatedRepo",
+        );
+      }
+    }
+    const commit = commitOf(repo);
+    const known = rev === commit || rev === "main" || repo.revisions?.[rev] !== undefined;
+    if (!known) return json(404, "Revision not found", "RevisionNotFound");
+    const resolved = rev === commit || rev === "main" ? commit : repo.revisions![rev];
+    const src = await source(repo, file);
+    if (!src) return json(404, "Entry not found", "EntryNotFound");
+    const etag = etagOf(repoId, file, src.size);
+    const headers = new Headers({
+      "etag": etag,
+      "x-repo-commit": resolved,
+      "accept-ranges": "bytes",
+      "content-type": "application/octet-stream",
+    });
+    if (redirectIt) {
+      headers.set("x-linked-size", String(src.size));
+      headers.set("x-linked-etag", etag);
+      headers.set(
+        "location",
+        `${cdnOrigin}/cdn/${encodeURIComponent(repoId)}/${resolved}/${
+          file.split("/").map(encodeURIComponent).join("/")
+        }?X-Amz-Signature=mock`,
+      );
+      return new Response(null, { status: 302, headers });
+    }
+    const { res, note } = await serveBody(req, src, path, headers, f);
+    if (note) log.fault = note;
+    return res;
+  }
+
+  async function cdnHandler(req: Request): Promise<Response> {
+    const url = new URL(req.url);
+    const auth = req.headers.get("authorization");
+    stats.cdnRequests++;
+    if (auth) stats.cdnAuthorizationSeen++;
+    const log: MockRequestLog = {
+      server: "cdn",
+      method: req.method,
+      path: url.pathname,
+      range: req.headers.get("range"),
+      status: 0,
+      auth: !!auth,
+    };
+    stats.log.push(log);
+    const m = /^\/cdn\/([^/]+)\/([0-9a-f]{40})\/(.+)$/.exec(url.pathname);
+    let res: Response;
+    const repoId = m ? decodeURIComponent(m[1]) : "";
+    const file = m ? m[3].split("/").map(decodeURIComponent).join("/") : "";
+    const repo = repoOf(repoId);
+    const src = repo ? await source(repo, file) : undefined;
+    if (!m || !repo || !src) {
+      res = new Response("NoSuchKey", { status: 404 });
+    } else {
+      const probe = req.headers.get("range") === "bytes=0-0";
+      const f = takeFault({ server: "cdn", repo: repoId, file, probe, body: true });
+      if (f?.kind === "status") {
+        log.fault = `status ${f.status}`;
+        res = statusFault(f);
+      } else {
+        const headers = new Headers({
+          "etag": etagOf(repoId, file, src.size),
+          "accept-ranges": "bytes",
+          "content-type": "application/octet-stream",
+        });
+        const r = await serveBody(req, src, url.pathname, headers, f);
+        if (r.note) log.fault = r.note;
+        res = r.res;
+      }
+    }
+    log.status = res.status;
+    return res;
+  }
+
+  const quiet = { hostname: "127.0.0.1", port: 0, onListen() {} };
+  const hub = Deno.serve(quiet, hubHandler);
+  const cdn = Deno.serve(quiet, cdnHandler);
+  cdnOrigin = `http://127.0.0.1:${cdn.addr.port}`;
+  let closed = false;
+
+  const api: MockHub = {
+    endpoint: `http://127.0.0.1:${hub.addr.port}`,
+    cdnOrigin,
+    get stats() {
+      return stats;
+    },
+    addFault(rule) {
+      faults.push({ ...rule, left: rule.times ?? 1 });
+    },
+    clearFaults() {
+      faults = [];
+    },
+    resetStats() {
+      stats = emptyStats();
+      perFile.clear();
+    },
+    bytesFor(file: string) {
+      let n = 0;
+      for (const [p, k] of perFile) if (p.endsWith(`/${file}`)) n += k;
+      return n;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      for (const r of [...stalls]) r();
+      await Promise.all([hub.shutdown(), cdn.shutdown()]);
+    },
+    [Symbol.asyncDispose]() {
+      return api.close();
+    },
+  };
+  return Promise.resolve(api);
+}
+
+/** Deterministic pseudo-random bytes (xorshift32), for test files whose every byte matters. */
+export function patternBytes(n: number, seed = 1): Uint8Array {
+  const out = new Uint8Array(n);
+  const words = new Uint32Array(out.buffer, 0, n >>> 2);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x >>> 0;
+  }
+  for (let i = words.length * 4; i < n; i++) out[i] = (i * 131 + seed) & 255;
+  return out;
+}
+
+/** Writes `files` into a new temp folder (subfolders created) and returns its path. */
+export async function makeRepoDir(files: Record<string, Uint8Array | string>): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "gqa-mock-repo-" });
+  for (const [name, data] of Object.entries(files)) {
+    const path = join(dir, name);
+    await Deno.mkdir(join(path, ".."), { recursive: true });
+    if (typeof data === "string") await Deno.writeTextFile(path, data);
+    else await Deno.writeFile(path, data);
+  }
+  return dir;
+}
