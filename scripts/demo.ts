@@ -5,6 +5,7 @@
  * `deno task demo --show qk --token all`.
  * @module
  */
+import { relative } from "node:path";
 import { makeTinyModel } from "./make_tiny_model.ts";
 import { main } from "./viz.ts";
 
@@ -12,4 +13,4 @@ const { dir, generated } = await makeTinyModel();
 if (generated) console.error(`generated the tiny model in ${dir}`);
 const args = Deno.args.includes("--layer") ? [] : ["--layer", "2"];
 // The output is named like the real model's: tiny-llama_layer_2_gqa_keys.svg
-Deno.exit(await main(["--model", dir, ...args, ...Deno.args]));
+Deno.exit(await main(["--model", relative(Deno.cwd(), dir) || ".", ...args, ...Deno.args]));

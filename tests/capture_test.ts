@@ -4,6 +4,7 @@
  * mock Hub, against the independent float64 forward pass in reference_llama.ts.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { join } from "node:path";
 import { captureLayer } from "../model/capture.ts";
 import { parseConfigText } from "../model/config.ts";
 import { GqaError } from "../model/errors.ts";
@@ -216,3 +217,26 @@ gpuTest(
     await Deno.remove(cache, { recursive: true });
   },
 );
+
+gpuTest("captureLayer() stops at the layer and step where a NaN first appears", async (gpu) => {
+  const { dir } = await makeTinyModel();
+  const tmp = await Deno.makeTempDir();
+  for (const e of Deno.readDirSync(dir)) await Deno.copyFile(join(dir, e.name), join(tmp, e.name));
+  const t = (await loadTensorIndex(await openSource({ model: tmp })))
+    .get("model.layers.1.mlp.up_proj.weight")!;
+  const f = await Deno.open(join(tmp, t.file), { read: true, write: true });
+  await f.seek(t.begin + 2 * 77, Deno.SeekMode.Start);
+  await f.write(new Uint8Array([0xc0, 0x7f])); // BF16 NaN, little-endian
+  f.close();
+  try {
+    await captureLayer({ model: tmp, layer: 3, tokenIds: TOKENS, gpu, progress: false });
+    throw new Error("expected a non-finite error");
+  } catch (e) {
+    assert(e instanceof GqaError && e.code === "non-finite", String(e));
+    assert(/layer 1 at step "up_proj"/.test(e.message), e.message);
+  }
+  // Layer 1 itself is still fine to capture: its q/k/v come before the MLP.
+  const ok = await captureLayer({ model: tmp, layer: 1, tokenIds: TOKENS, gpu, progress: false });
+  assert(ok.k.every(Number.isFinite));
+  await Deno.remove(tmp, { recursive: true });
+});
