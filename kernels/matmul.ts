@@ -1,79 +1,654 @@
 /**
- * TEMPORARY STUB written by the lead so the pipeline can be tested while the real kernel is
- * being tuned. The matmul helper owns this file: overwrite it freely.
+ * Matrix multiplication against a weight matrix kept exactly as safetensors stores it:
+ *
+ *     Y[t, n] = Σ_k X[t, k] · W[n, k]  (+ bias[n])          Y = X · Wᵀ (+ b)
+ *
+ * Layouts (row-major, the shape vocabulary of the whole project):
+ * - `X` f32 (T, K): one row per token, K = the reduction width (D for q/k/v/gate/up, I for down).
+ * - `W` (N, K) in its stored dtype: F32, or F16/BF16 with two values per u32 word,
+ *   element 2i in the low half (little-endian). `W[n]` is the weight row that makes output n.
+ * - `bias` f32 (N), optional. `Y` f32 (T, N). Accumulation is f32 in every path.
+ *
+ * ## Two paths, chosen per call
+ * **Fast path** (K % 8 == 0 and K ≤ 16384, every Llama shape). A "k-step" is 8 consecutive
+ * weights of one row: one `vec4<u32>` for F16/BF16, two `vec4<f32>` for F32. Each invocation
+ * owns RR consecutive rows (16 unless N is small) and TT ≤ 8 tokens, and keeps the RR·TT
+ * accumulators in registers. Per k-step it loads one k-step of each of its RR rows (RR
+ * contiguous streams) and the 8 matching values of each token's X row, then does RR·TT·8
+ * multiply-adds. So every weight loaded is used TT times and every X value RR times.
+ * X is read through uniform bindings, one per token (`x0 … x7`, windows of a staging copy):
+ * see "Why uniform X" below. T > 8 runs in passes of 8 tokens: the weights are read
+ * ⌈T/8⌉ times, not T times.
+ *
+ * ```
+ *   invocation i ──► rows n = 16i … 16i+15, tokens t0 … t0+7
+ *   W (N, K)      row n:  [k-step 0][k-step 1] … [k-step K/8-1]   ← one vec4 per row per step
+ *   X (T, K)      x_t:    [  8 f32 ][  8 f32 ] …                  ← uniform binding per token
+ *   loop k-step:  acc[r][t] += dot(W[n0+r, 8s … 8s+7], X[t0+t, 8s … 8s+7])
+ *   end:          Y[t0+t, n0+r] = acc[r][t] (+ bias[n0+r])         (stores guarded by n < N)
+ * ```
+ *
+ * **General path** (any other K: odd K such as 4101, or K > 16384). Weights are addressed
+ * element by element (`e = n·K + k`, word `e >> 1`, half `e & 1` for 16-bit), so a row may
+ * start in the middle of a u32; one row and up to 4 tokens per invocation; X from storage.
+ * Correct for every shape, several times slower; no Llama checkpoint needs it.
+ *
+ * **Split weights.** A matrix larger than one storage binding (`maxStorageBufferBindingSize`,
+ * 128 MiB on lavapipe: an F32 (14336, 4096) matrix is 235 MB) is bound as row chunks, each at
+ * an offset rounded down to `minStorageBufferOffsetAlignment`; the kernel adds the
+ * remainder (`wBase`, in its own load units) to its addresses. Dispatch grids are 2-D via
+ * {@linkcode grid2d}, so no dimension exceeds 65535 workgroups.
+ *
+ * ## Variants (F16 weights only)
+ * `"packed"` reads two halves per u32 and converts with `unpack2x16float`: runs on every
+ * adapter. `"f16"` (`enable f16;`) reads `array<vec4<f16>>` and converts with `vec4<f32>(h)`.
+ * {@linkcode chooseMatmulVariant} times both once per device and keeps f16 only if it is
+ * measurably faster; BF16 and F32 weights use one kernel either way. Products and sums stay
+ * f32 in both (f16 products would cost ~1e-3 relative error).
+ *
+ * ## Versions (numbers: lavapipe on 2 cores, BF16 (4096, 4096), GB/s of weights read,
+ * CPU-time normalised because other processes shared the cores; the read probe gave 12–14)
+ * - v1 one output element per invocation, X and W from storage (the first stub): each weight
+ *   is re-read for every token, each X value for every row. ~2 GB/s at T = 1.
+ * - v2 one row per invocation, `vec4<u32>` weight loads: 2.2 GB/s. Each `vec4` X load costs
+ *   as much as a weight load, and there are two per weight load.
+ * - v3 RR rows per invocation (RR contiguous streams), X reused across them: T = 1, RR = 8:
+ *   9.0 GB/s; T = 8: 2.5 GB/s (16 X loads per 8 weight loads).
+ * - v4 (this file) X through per-token uniform bindings, RR = 16, dot-product trees:
+ *   T = 1: ~10 GB/s (75–80 % of the probe); T = 4: ~7 (≈ 53 %); T = 8: ~5 (≈ 36 %).
+ *
+ * ## Why it looks like this (what limits it on lavapipe)
+ * lavapipe runs 8 invocations in one 256-bit SIMD register, but a storage-buffer load whose
+ * address differs per invocation becomes a scalar loop over the 8 lanes with a bounds check
+ * per component: ~40 x86 instructions per lane per `vec4` load. The read probe
+ * (kernels/read_probe.ts) is bound by exactly that, not by DRAM. A uniform-buffer load with a
+ * per-invocation address is a plain gather (~10 instructions per lane per `vec4`), hence
+ * uniform X. The multiply-adds cost 2 SIMD instructions each (lavapipe lowers `fma` to a
+ * multiply and an add), i.e. T/4 instructions per weight per lane against ~5 for loading it:
+ * at T = 8 the arithmetic alone is ~40 % of the load cost, which is why the ratio to the
+ * probe falls with T. On a real GPU both paths are ordinary memory-bound GEMV/GEMM code.
  * @module
  */
-import type { Gpu } from "./gpu.ts";
+import { type Binding, type Gpu, grid2d } from "./gpu.ts";
 import { DTYPE_BYTES, type WeightDtype } from "./dtype.ts";
+import { GqaError } from "../model/errors.ts";
 
+/** How 16-bit F16 weights are read: packed pairs in u32 words, or native `f16` loads. */
 export type MatmulVariant = "packed" | "f16";
+
+/** A weight matrix W (N, K) on the GPU, bytes exactly as stored in safetensors (row-major). */
 export interface GpuMatrix {
   buffer: GPUBuffer;
   dtype: WeightDtype;
   N: number;
   K: number;
 }
+
+/** Arguments of {@linkcode matmul}. */
+export interface MatmulArgs {
+  /** X f32 (T, K). Must allow COPY_SRC (every {@linkcode Gpu} buffer does). */
+  x: GPUBuffer;
+  /** W (N, K) as uploaded by {@linkcode uploadMatrix}. */
+  w: GpuMatrix;
+  /** Y f32 (T, N), fully overwritten. Must not alias `x`. */
+  y: GPUBuffer;
+  /** Tokens, 1 … 512 (any positive count works; the weights are read ⌈T/8⌉ times). */
+  T: number;
+  /** Optional bias f32 (N), added to every token's output. */
+  bias?: GPUBuffer;
+  /** Force a variant; default: the measured choice ({@linkcode chooseMatmulVariant}). */
+  variant?: MatmulVariant;
+  /** Bytes one weight binding may cover (default and maximum: `gpu.maxBindingBytes`); tests set it low to force a split. */
+  maxBindingBytes?: number;
+  /** Workgroups per grid dimension (default 65535); tests set it low to exercise 2-D grids. */
+  gridLimit?: number;
+}
+
+/** How one {@linkcode matmul} call is carried out (see {@linkcode planMatmul}). */
+export interface MatmulPlan {
+  path: "fast" | "general";
+  variant: MatmulVariant;
+  /** Row chunks [row0, row0 + rows), each bound separately. */
+  chunks: { row0: number; rows: number; offset: number; size: number; wBase: number }[];
+  /** Token passes [t0, t0 + tokens). */
+  passes: { t0: number; tokens: number }[];
+  /** Rows per invocation and invocations per workgroup. */
+  rowsPerInvocation: number;
+  workgroupSize: number;
+}
+
+/** What {@linkcode matmulVariantInfo} reports. */
+export interface MatmulVariantInfo {
+  variant: MatmulVariant;
+  /** One sentence: why this variant. */
+  reason: string;
+  /** Whether {@linkcode chooseMatmulVariant} has run on this device (without shader-f16 there is nothing to time). */
+  measured: boolean;
+  /** Weight GB/s of each variant at the timing shape, when measured. */
+  gbps?: Partial<Record<MatmulVariant, number>>;
+}
+
+const FAST_WG = 8; // invocations per workgroup on the fast path (one SIMD group on lavapipe)
+const GENERAL_WG = 64;
+const MAX_RR = 16; // rows per invocation on the fast path
+const GENERAL_TT = 4; // tokens per pass on the general path
+const MAX_UNIFORM_BYTES = 65536; // WebGPU's guaranteed maxUniformBufferBindingSize
+
+/**
+ * Uploads a weight matrix as stored (F32, F16 or BF16 bytes, row-major (N, K)).
+ * @example
+ * ```ts
+ * const w = uploadMatrix(gpu, { bytes, dtype: "BF16", N: 1024, K: 4096, label: "k_proj" });
+ * ```
+ */
 export function uploadMatrix(
   gpu: Gpu,
   m: { bytes: Uint8Array; dtype: WeightDtype; N: number; K: number; label?: string },
 ): GpuMatrix {
+  checkBytes(m.bytes, m, m.label ?? "matrix");
   return { buffer: gpu.upload(m.bytes, m.label), dtype: m.dtype, N: m.N, K: m.K };
 }
+
+/** Overwrites a matrix's buffer with another matrix of the same shape and dtype (the next layer). */
 export function writeMatrix(gpu: Gpu, m: GpuMatrix, bytes: Uint8Array): void {
+  checkBytes(bytes, m, m.buffer.label || "matrix");
   gpu.write(m.buffer, bytes);
 }
-const shader = (dtype: WeightDtype, bias: boolean) => `
-struct P { T: u32, N: u32, K: u32 }
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<uniform> p: P;
-${bias ? "@group(0) @binding(4) var<storage, read> b: array<f32>;" : ""}
-fn wAt(e: u32) -> f32 {
+
+function checkBytes(
+  bytes: Uint8Array,
+  m: { dtype: WeightDtype; N: number; K: number },
+  what: string,
+): void {
+  const want = m.N * m.K * (DTYPE_BYTES[m.dtype] ?? NaN);
+  if (!(m.N >= 1 && m.K >= 1 && Number.isInteger(m.N) && Number.isInteger(m.K))) {
+    throw new GqaError("bad-input", `${what}: shape (${m.N}, ${m.K}) is not a matrix shape.`);
+  }
+  if (bytes.byteLength !== want) {
+    throw new GqaError(
+      "bad-file",
+      `${what}: ${bytes.byteLength} bytes given for a ${m.dtype} matrix of shape (${m.N}, ${m.K}), ` +
+        `which needs ${want}. The tensor's dtype or shape in the safetensors header does not ` +
+        `match its data; re-download the shard or check the checkpoint.`,
+    );
+  }
+}
+
+/**
+ * Records Y (T, N) = X (T, K) · Wᵀ (+ bias) into `encoder`.
+ * @example
+ * ```ts
+ * await chooseMatmulVariant(gpu); // once per device; optional
+ * await gpu.run((enc) => matmul(gpu, enc, { x, w, y, T: 5 }));
+ * ```
+ */
+export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): void {
+  const { w, T } = a;
+  const { N, K } = w;
+  if (!(Number.isInteger(T) && T >= 1)) {
+    throw new GqaError("bad-input", `matmul: T must be a positive integer, got ${T}.`);
+  }
+  checkSize(a.x, T * K * 4, "X", `(${T}, ${K}) f32`);
+  checkSize(a.y, T * N * 4, "Y", `(${T}, ${N}) f32`);
+  if (a.bias) checkSize(a.bias, N * 4, "bias", `(${N}) f32`);
+  if (a.variant === "f16" && !gpu.hasF16) {
+    throw new GqaError(
+      "unsupported",
+      `matmul: variant "f16" was requested but this adapter (${gpu.adapterName}) has no ` +
+        `shader-f16; use variant "packed" or leave it unset.`,
+    );
+  }
+  const plan = planMatmul(gpu, a);
+  if (T * N * 4 > gpu.maxBindingBytes) {
+    throw new GqaError(
+      "unsupported",
+      `matmul: Y (${T}, ${N}) is larger than one storage binding (${gpu.maxBindingBytes} bytes); ` +
+        `run fewer tokens per call.`,
+    );
+  }
+  const yBind: Binding = { buffer: a.y, size: T * N * 4 };
+  const biasBind: Binding[] = a.bias ? [{ buffer: a.bias, size: N * 4 }] : [];
+  const gridLimit = a.gridLimit ?? 65535;
+  const RR = plan.rowsPerInvocation, WG = plan.workgroupSize;
+
+  if (plan.path === "fast") {
+    const xRows = stageX(gpu, encoder, a.x, T, K);
+    for (const c of plan.chunks) {
+      const wBind: Binding = { buffer: w.buffer, offset: c.offset, size: c.size };
+      const groups = Math.ceil(Math.ceil(c.rows / RR) / WG);
+      for (const p of plan.passes) {
+        const code = fastShader({
+          dtype: w.dtype,
+          variant: plan.variant,
+          K,
+          TT: p.tokens,
+          RR,
+          WG,
+          bias: !!a.bias,
+        });
+        const params = gpu.uniform(new Uint32Array([c.rows, c.row0, c.wBase, N, p.t0, 0, 0, 0]));
+        const xs = Array.from({ length: p.tokens }, (_, t) => xRows(p.t0 + t));
+        gpu.dispatch(
+          encoder,
+          gpu.pipeline(code),
+          [params, wBind, yBind, ...biasBind, ...xs],
+          grid2d(groups, gridLimit),
+        );
+      }
+    }
+  } else {
+    if (T * K * 4 > gpu.maxBindingBytes) {
+      throw new GqaError(
+        "unsupported",
+        `matmul: X (${T}, ${K}) is larger than one storage binding; run fewer tokens per call.`,
+      );
+    }
+    const xBind: Binding = { buffer: a.x, size: T * K * 4 };
+    for (const c of plan.chunks) {
+      const wBind: Binding = { buffer: w.buffer, offset: c.offset, size: c.size };
+      const groups = Math.ceil(c.rows / WG);
+      for (const p of plan.passes) {
+        const code = generalShader({ dtype: w.dtype, TT: p.tokens, bias: !!a.bias });
+        const params = gpu.uniform(
+          new Uint32Array([c.rows, c.row0, c.wBase, N, p.t0, K, 0, 0]),
+        );
+        gpu.dispatch(
+          encoder,
+          gpu.pipeline(code),
+          [params, wBind, yBind, ...biasBind, xBind],
+          grid2d(groups, gridLimit),
+        );
+      }
+    }
+  }
+}
+
+function checkSize(buf: GPUBuffer, bytes: number, what: string, shape: string): void {
+  if (buf.size < bytes) {
+    throw new GqaError(
+      "bad-input",
+      `matmul: ${what} buffer holds ${buf.size} bytes but ${shape} needs ${bytes}.`,
+    );
+  }
+}
+
+/**
+ * How {@linkcode matmul} would run these arguments: path, variant, row chunks, token passes.
+ * Tests use it to check that a forced split really splits; the bench prints it.
+ */
+export function planMatmul(
+  gpu: Gpu,
+  a: Pick<MatmulArgs, "w" | "T" | "variant" | "maxBindingBytes">,
+): MatmulPlan {
+  const { dtype, N, K } = a.w;
+  const B = DTYPE_BYTES[dtype];
+  const uniformLimit = Math.min(
+    gpu.device.limits.maxUniformBufferBindingSize,
+    MAX_UNIFORM_BYTES,
+  );
+  const fast = K % 8 === 0 && K * 4 <= uniformLimit;
+  const variant: MatmulVariant = dtype === "F16"
+    ? (a.variant ?? matmulVariantInfo(gpu).variant)
+    : "packed";
+  const path = fast ? "fast" : "general";
+  // Tokens per pass: one uniform binding per token plus the params block.
+  const maxTT = fast
+    ? Math.max(1, Math.min(8, gpu.device.limits.maxUniformBuffersPerShaderStage - 1))
+    : GENERAL_TT;
+  const passes: MatmulPlan["passes"] = [];
+  for (let t0 = 0; t0 < a.T; t0 += maxTT) passes.push({ t0, tokens: Math.min(maxTT, a.T - t0) });
+
+  // Row chunks: each binding starts at an aligned offset at or before the chunk's first
+  // byte and covers the chunk's rows; the kernel skips the remainder (wBase).
+  const limit = Math.min(a.maxBindingBytes ?? gpu.maxBindingBytes, gpu.maxBindingBytes);
+  const align = gpu.bindAlign;
+  const rowBytes = K * B;
+  const rowsPerChunk = Math.floor((limit - align) / rowBytes);
+  if (rowsPerChunk < 1) {
+    throw new GqaError(
+      "unsupported",
+      `matmul: one weight row of ${rowBytes} bytes (K = ${K}, ${dtype}) does not fit in a ` +
+        `storage binding of ${limit} bytes on this adapter.`,
+    );
+  }
+  const unit = path === "general" ? B : (dtype === "F16" && variant === "f16" ? 8 : 16);
+  const chunks: MatmulPlan["chunks"] = [];
+  const total = Math.ceil((N * rowBytes) / 4) * 4; // buffer bytes (uploads pad to 4)
+  for (let row0 = 0; row0 < N; row0 += rowsPerChunk) {
+    const rows = Math.min(rowsPerChunk, N - row0);
+    const start = row0 * rowBytes;
+    const offset = Math.floor(start / align) * align;
+    const size = Math.min(total - offset, Math.ceil((start - offset + rows * rowBytes) / 4) * 4);
+    chunks.push({ row0, rows, offset, size, wBase: (start - offset) / unit });
+  }
+  let RR = 1;
+  if (fast) {
+    // Enough workgroups to balance the load over every CPU thread (or GPU core): 8 per thread.
+    const threads = (globalThis.navigator?.hardwareConcurrency ?? 4) || 4;
+    const rows = chunks[0].rows;
+    RR = MAX_RR;
+    while (RR > 1 && Math.ceil(rows / (RR * FAST_WG)) < 8 * threads) RR /= 2;
+  }
+  return {
+    path,
+    variant,
+    chunks,
+    passes,
+    rowsPerInvocation: RR,
+    workgroupSize: fast ? FAST_WG : GENERAL_WG,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// X staging: the fast path reads X through uniform bindings, one per token, each at an
+// offset aligned to minUniformBufferOffsetAlignment. One staging buffer per device is
+// reused by every call: commands in an encoder run in order, so each matmul's copy lands
+// before its own dispatches and after the previous matmul's.
+
+const staging = new WeakMap<Gpu, GPUBuffer>();
+
+function stageX(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  x: GPUBuffer,
+  T: number,
+  K: number,
+): (t: number) => Binding {
+  const align = gpu.device.limits.minUniformBufferOffsetAlignment;
+  const rowBytes = K * 4;
+  const stride = Math.ceil(rowBytes / align) * align;
+  const bytes = T * stride;
+  let buf = staging.get(gpu);
+  if (!buf || buf.size < bytes) {
+    buf = gpu.device.createBuffer({
+      size: Math.max(bytes, 64 * 1024),
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      label: "matmul X staging",
+    });
+    staging.set(gpu, buf);
+  }
+  if (stride === rowBytes) encoder.copyBufferToBuffer(x, 0, buf, 0, T * rowBytes);
+  else {
+    for (let t = 0; t < T; t++) {
+      encoder.copyBufferToBuffer(x, t * rowBytes, buf, t * stride, rowBytes);
+    }
+  }
+  const b = buf;
+  return (t) => ({ buffer: b, offset: t * stride, size: rowBytes });
+}
+
+// ---------------------------------------------------------------------------------------
+// WGSL generation. Kernels are specialised by dtype, variant, K, tokens per pass (TT), rows
+// per invocation (RR) and bias; the pipeline cache in Gpu keys on the source text.
+
+const PARAMS = `struct Params {
+  rows: u32,    // rows of W in this chunk
+  row0: u32,    // global row of the chunk's first row (Y column and bias index)
+  wBase: u32,   // where the chunk's first row starts in the W binding, in load units
+  yStride: u32, // N: f32 per Y row
+  t0: u32,      // first token of this pass (Y row)
+  K: u32,       // reduction width (general path)
+  _pad0: u32,
+  _pad1: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;`;
+
+/** Source of the fast-path kernel (exported for the bench and for reading). */
+export function fastShader(
+  s: {
+    dtype: WeightDtype;
+    variant: MatmulVariant;
+    K: number;
+    TT: number;
+    RR: number;
+    WG: number;
+    bias: boolean;
+  },
+): string {
+  const { dtype, K, TT, RR, WG, bias } = s;
+  const native = dtype === "F16" && s.variant === "f16";
+  const steps = K / 8; // k-steps of 8 weights per row
+  // W load units per row and the WGSL to load one k-step (8 weights) of row r as two vec4s:
+  // `lo`/`hi` for 16-bit packed (even/odd k), `wa`/`wb` (k 0-3, 4-7) otherwise.
+  let wDecl: string, perRow: number, helpers = "", loadRow: (r: number) => string;
+  if (dtype === "F32" || native) {
+    const elem = native ? "vec4<f16>" : "vec4<f32>";
+    wDecl = `var<storage, read> w: array<${elem}>; // W chunk: 4 weights per element`;
+    perRow = K / 4;
+    const cvt = (e: string) => (native ? `vec4<f32>(${e})` : e);
+    loadRow = (r) =>
+      `let wa${r} = ${cvt(`w[w${r} + 2u * s]`)}; let wb${r} = ${cvt(`w[w${r} + 2u * s + 1u]`)};`;
+  } else {
+    wDecl = `var<storage, read> w: array<vec4<u32>>; // W chunk: 8 weights per element`;
+    perRow = K / 8;
+    helpers = dtype === "BF16"
+      ? `// BF16 is the high half of an f32: shift the low half up, mask the high half.
+fn lo(u: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>(u << vec4<u32>(16u)); }
+fn hi(u: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>(u & vec4<u32>(0xffff0000u)); }`
+      : `fn lo(u: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(unpack2x16float(u.x).x, unpack2x16float(u.y).x, unpack2x16float(u.z).x, unpack2x16float(u.w).x);
+}
+fn hi(u: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(unpack2x16float(u.x).y, unpack2x16float(u.y).y, unpack2x16float(u.z).y, unpack2x16float(u.w).y);
+}`;
+    loadRow = (r) => `let u${r} = w[w${r} + s]; let lo${r} = lo(u${r}); let hi${r} = hi(u${r});`;
+  }
+  const packed = !(dtype === "F32" || native);
+  const rows = [...Array(RR).keys()], toks = [...Array(TT).keys()];
+  const xDecls = toks.map((t) =>
+    `@group(0) @binding(${bias ? 4 + t : 3 + t}) var<uniform> x${t}: array<vec4<f32>, ${
+      K / 4
+    }>; // X[t0 + ${t}, :]`
+  );
+  // One k-step: X values of each token (even/odd k split for packed weights), then each row.
+  const xLoads = toks.map((t) =>
+    packed
+      ? `let xa${t} = x${t}[2u * s]; let xb${t} = x${t}[2u * s + 1u];
+    let xe${t} = vec4<f32>(xa${t}.x, xa${t}.z, xb${t}.x, xb${t}.z); // X at even k
+    let xo${t} = vec4<f32>(xa${t}.y, xa${t}.w, xb${t}.y, xb${t}.w); // X at odd k`
+      : `let xa${t} = x${t}[2u * s]; let xb${t} = x${t}[2u * s + 1u];`
+  );
+  const rowMath = rows.map((r) =>
+    `${loadRow(r)}\n    ` +
+    toks.map((t) =>
+      packed
+        ? `a${r}_${t} += dot(lo${r}, xe${t}) + dot(hi${r}, xo${t});`
+        : `a${r}_${t} += dot(wa${r}, xa${t}) + dot(wb${r}, xb${t});`
+    ).join(" ")
+  );
+  return `// matmul fast path (v4): W ${dtype}${native ? " read as f16" : ""}, K = ${K}, ` +
+    `${TT} token(s) x ${RR} row(s) per invocation${bias ? ", bias" : ""}
+${native ? "enable f16;\n" : ""}${PARAMS}
+@group(0) @binding(1) ${wDecl}
+@group(0) @binding(2) var<storage, read_write> y: array<f32>; // Y (T, N)
+${bias ? "@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)\n" : ""}${
+      xDecls.join("\n")
+    }
+${helpers}
+
+const STEPS = ${steps}u;  // k-steps of 8 weights per row
+const PER_ROW = ${perRow}u; // W elements per row
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let inv = gid.y * nwg.x * ${WG}u + gid.x; // grid2d: linear invocation index
+  let n0 = inv * ${RR}u;                    // first row of this invocation (chunk-local)
+  if (n0 >= p.rows) { return; }
+  let last = p.rows - 1u;                   // rows past the end re-read the last row; not stored
+  ${rows.map((r) => `let w${r} = p.wBase + min(n0 + ${r}u, last) * PER_ROW;`).join("\n  ")}
+  ${rows.map((r) => toks.map((t) => `var a${r}_${t} = 0.0;`).join(" ")).join("\n  ")}
+  for (var s = 0u; s < STEPS; s++) {
+    ${xLoads.join("\n    ")}
+    ${rowMath.join("\n    ")}
+  }
   ${
-  dtype === "F32"
+      rows.map((r) =>
+        `if (n0 + ${r}u < p.rows) {${bias ? ` let b${r} = bias[p.row0 + n0 + ${r}u];` : ""}
+    ${
+          toks.map((t) =>
+            `y[(p.t0 + ${t}u) * p.yStride + p.row0 + n0 + ${r}u] = a${r}_${t}${
+              bias ? ` + b${r}` : ""
+            };`
+          ).join("\n    ")
+        }
+  }`
+      ).join("\n  ")
+    }
+}
+`;
+}
+
+/** Source of the general-path kernel: any K, element addressing, X from storage. */
+export function generalShader(s: { dtype: WeightDtype; TT: number; bias: boolean }): string {
+  const { dtype, TT, bias } = s;
+  const toks = [...Array(TT).keys()];
+  const weight = dtype === "F32"
     ? "return bitcast<f32>(w[e]);"
     : dtype === "F16"
     ? "let v = unpack2x16float(w[e >> 1u]); return select(v.x, v.y, (e & 1u) == 1u);"
-    : "let u = w[e >> 1u]; return bitcast<f32>(select(u << 16u, u & 0xffff0000u, (e & 1u) == 1u));"
+    : "let u = w[e >> 1u]; return bitcast<f32>(select(u << 16u, u & 0xffff0000u, (e & 1u) == 1u));";
+  return `// matmul general path: W ${dtype} addressed per element (any K), ${TT} token(s) x 1 row per invocation${
+    bias ? ", bias" : ""
+  }
+${PARAMS}
+@group(0) @binding(1) var<storage, read> w: array<u32>; // W chunk, ${
+    dtype === "F32" ? "one f32" : "two 16-bit values"
+  } per word
+@group(0) @binding(2) var<storage, read_write> y: array<f32>; // Y (T, N)
+${bias ? "@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)\n" : ""}` +
+    `@group(0) @binding(${bias ? 4 : 3}) var<storage, read> x: array<f32>; // X (T, K)
+
+// Weight element e of the binding (e counts ${dtype} values from the binding's start).
+fn weight(e: u32) -> f32 { ${weight} }
+
+@compute @workgroup_size(${GENERAL_WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let n = gid.y * nwg.x * ${GENERAL_WG}u + gid.x; // chunk-local row
+  if (n >= p.rows) { return; }
+  let e0 = p.wBase + n * p.K;
+  ${toks.map((t) => `var a${t} = 0.0; let x${t} = (p.t0 + ${t}u) * p.K;`).join("\n  ")}
+  for (var k = 0u; k < p.K; k++) {
+    let wk = weight(e0 + k);
+    ${toks.map((t) => `a${t} += wk * x[x${t} + k];`).join(" ")}
+  }
+  ${bias ? "let b = bias[p.row0 + n];" : ""}
+  ${
+      toks.map((t) => `y[(p.t0 + ${t}u) * p.yStride + p.row0 + n] = a${t}${bias ? " + b" : ""};`)
+        .join("\n  ")
+    }
 }
+`;
 }
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
-  let i = g.x + g.y * nw.x * 64u;
-  if (i >= p.T * p.N) { return; }
-  let t = i / p.N; let n = i % p.N;
-  var s = 0.0;
-  for (var k = 0u; k < p.K; k++) { s += x[t * p.K + k] * wAt(n * p.K + k); }
-  ${bias ? "s += b[n];" : ""}
-  y[i] = s;
-}`;
-export function matmul(
-  gpu: Gpu,
-  encoder: GPUCommandEncoder,
-  a: { x: GPUBuffer; w: GpuMatrix; y: GPUBuffer; T: number; bias?: GPUBuffer; variant?: MatmulVariant },
-): void {
-  const n = a.T * a.w.N;
-  const groups = Math.ceil(n / 64);
-  const gx = Math.min(groups, 65535), gy = Math.ceil(groups / 65535);
-  const params = gpu.uniform(new Uint32Array([a.T, a.w.N, a.w.K]));
-  const binds = [a.x, a.w.buffer, a.y, params, ...(a.bias ? [a.bias] : [])];
-  gpu.dispatch(encoder, gpu.pipeline(shader(a.w.dtype, !!a.bias)), binds, [gx, gy]);
-  void DTYPE_BYTES;
-}
+
+/**
+ * The CPU reference: Y (T, N) = X (T, K) · Wᵀ (+ bias) with float64 accumulation.
+ * `w` holds the weights as f32 values (decode 16-bit weights with `decodeWeights`).
+ */
 export function matmulRef(
   a: { x: Float32Array; w: Float32Array; T: number; N: number; K: number; bias?: Float32Array },
 ): Float32Array {
-  const y = new Float32Array(a.T * a.N);
-  for (let t = 0; t < a.T; t++) {
-    for (let n = 0; n < a.N; n++) {
-      let s = a.bias ? a.bias[n] : 0;
-      for (let k = 0; k < a.K; k++) s += a.x[t * a.K + k] * a.w[n * a.K + k];
-      y[t * a.N + n] = s;
+  const { x, w, T, N, K, bias } = a;
+  const y = new Float32Array(T * N);
+  for (let t = 0; t < T; t++) {
+    const xo = t * K;
+    for (let n = 0; n < N; n++) {
+      const wo = n * K;
+      let s = 0;
+      for (let k = 0; k < K; k++) s += x[xo + k] * w[wo + k];
+      y[t * N + n] = s + (bias ? bias[n] : 0);
     }
   }
   return y;
 }
-export function chooseMatmulVariant(_gpu: Gpu): Promise<MatmulVariant> {
-  return Promise.resolve("packed");
+
+// ---------------------------------------------------------------------------------------
+// Variant choice: measured once per device.
+
+const choices = new WeakMap<Gpu, Promise<MatmulVariantInfo>>();
+const settled = new WeakMap<Gpu, MatmulVariantInfo>();
+
+/**
+ * Which variant {@linkcode matmul} uses on this device, and why. Before
+ * {@linkcode chooseMatmulVariant} has finished this is "packed", marked unmeasured.
+ */
+export function matmulVariantInfo(gpu: Gpu): MatmulVariantInfo {
+  return settled.get(gpu) ?? (gpu.hasF16
+    ? {
+      variant: "packed",
+      measured: false,
+      reason: "not measured yet (await chooseMatmulVariant(gpu) to time packed against f16)",
+    }
+    : {
+      variant: "packed",
+      measured: false,
+      reason: "the adapter has no shader-f16, so F16 weights are read as packed u32 pairs",
+    });
+}
+
+/**
+ * Times the packed and native-f16 variants once per device (F16 weights (4096, 4096),
+ * T = 1, a warm-up then 3 timed submits each) and makes {@linkcode matmul} use the faster
+ * one: f16 only if it is at least 3 % faster. Without `shader-f16` it resolves to "packed"
+ * at once. The result is cached per device.
+ */
+export function chooseMatmulVariant(gpu: Gpu): Promise<MatmulVariant> {
+  let p = choices.get(gpu);
+  if (!p) {
+    p = measureVariants(gpu).then((info) => {
+      settled.set(gpu, info);
+      return info;
+    });
+    choices.set(gpu, p);
+  }
+  return p.then((i) => i.variant);
+}
+
+async function measureVariants(gpu: Gpu): Promise<MatmulVariantInfo> {
+  if (!gpu.hasF16) return { ...matmulVariantInfo(gpu), measured: true };
+  const N = 4096, K = 4096, bytes = N * K * 2;
+  const ws = [0, 1].map((i) => ({
+    buffer: gpu.buffer(bytes, `matmul variant timing ${i}`), // zeros: valid F16
+    dtype: "F16" as const,
+    N,
+    K,
+  }));
+  const x = gpu.upload(new Float32Array(K).fill(0.5)), y = gpu.buffer(N * 4);
+  const reps = 6;
+  const once = async (variant: MatmulVariant): Promise<number> => {
+    const enc = gpu.device.createCommandEncoder();
+    for (let r = 0; r < reps; r++) matmul(gpu, enc, { x, w: ws[r % 2], y, T: 1, variant });
+    const t0 = performance.now();
+    await gpu.submit(enc);
+    return (performance.now() - t0) / reps;
+  };
+  const times: Record<MatmulVariant, number[]> = { packed: [], f16: [] };
+  try {
+    await once("packed"); // warm-up: compiles the pipelines, faults the pages in
+    await once("f16");
+    for (let i = 0; i < 3; i++) {
+      times.packed.push(await once("packed"));
+      times.f16.push(await once("f16"));
+    }
+  } finally {
+    for (const w of ws) w.buffer.destroy();
+    x.destroy();
+    y.destroy();
+  }
+  const med = (a: number[]) => a.sort((p, q) => p - q)[a.length >> 1];
+  const gbps = {
+    packed: bytes / med(times.packed) / 1e6,
+    f16: bytes / med(times.f16) / 1e6,
+  };
+  const f16Wins = gbps.f16 > gbps.packed * 1.03;
+  const fmt = (v: number) => v.toFixed(2);
+  return {
+    variant: f16Wins ? "f16" : "packed",
+    measured: true,
+    gbps,
+    reason: f16Wins
+      ? `native f16 loads measured faster (${fmt(gbps.f16)} vs ${fmt(gbps.packed)} GB/s)`
+      : `packed u32 pairs measured at least as fast (${fmt(gbps.packed)} vs ${
+        fmt(gbps.f16)
+      } GB/s for native f16)`,
+  };
 }

@@ -73,9 +73,18 @@ export function assertClose(
 let gpuPromise: Promise<Gpu | null> | null = null;
 let announced = false;
 
-/** The shared test device (requested once per test process). */
+/**
+ * The shared test device, requested once per test module (Deno runs each test file in its
+ * own isolate) and destroyed when the module unloads: leaving devices to process teardown
+ * has crashed Mesa's drivers at exit.
+ */
 export function testGpu(): Promise<Gpu | null> {
-  gpuPromise ??= requestGpu();
+  if (!gpuPromise) {
+    gpuPromise = requestGpu();
+    gpuPromise.then((gpu) => {
+      if (gpu) globalThis.addEventListener("unload", () => gpu.destroy());
+    });
+  }
   return gpuPromise;
 }
 

@@ -1,0 +1,217 @@
+/**
+ * A streaming-read probe: how fast can a kernel on this adapter read a big storage buffer?
+ * The matmul bench divides its weight bandwidth by the best probe figure, so the probe has
+ * to be the fastest plain read we can write, or every ratio would flatter the kernels.
+ *
+ * Each pattern reads `n` 32-bit words of a buffer and XORs them together per invocation;
+ * it writes one u32 per invocation (a tiny result the compiler cannot drop). XOR of all the
+ * outputs equals XOR of all the words read, which {@linkcode readProbeRef} computes on the
+ * CPU: a test uses it to show that every pattern reads every word exactly once.
+ *
+ * Layouts: `a` is the buffer as `array<vec4<u32>>` or `array<u32>` (E = elements of that
+ * type, n/4 or n); `o` is `array<u32>` with one word per invocation.
+ * Patterns (how invocation i of I maps onto elements):
+ * - **block**: i reads the contiguous block [i·B, (i+1)·B), B = ⌈E/I⌉, U elements per
+ *   loop iteration (an unrolled run), then a tail loop.
+ * - **streams**: i reads S contiguous blocks at once (S independent streams), one element
+ *   of each per iteration.
+ * - **grid-stride**: i reads i, i + I, i + 2I, … (neighbouring invocations, neighbouring
+ *   elements: the classic GPU pattern).
+ * - **workgroup-chunk**: workgroup g owns a contiguous chunk; its lanes read it in
+ *   interleaved order (lane l reads l, l + WG, …).
+ *
+ * What to expect on lavapipe (llvmpipe's Vulkan driver, 8 lanes per 256-bit register): a
+ * storage load whose address differs per lane is emulated by a scalar loop over the lanes
+ * with a bounds check per component, ~40 instructions per lane per `vec4`. The probe is
+ * therefore bound by instructions, not by DRAM: `vec4` beats u32 (the per-lane overhead is
+ * shared by 4 words) and unrolled runs beat single loads (fewer loop-mask updates). On
+ * lavapipe here `block` with vec4 runs of 4 read ~11–14 GB/s (CPU-time normalised) while
+ * grid-stride read ~2–3 GB/s; a typed-array copy in Deno reads ~15 GB/s on one core.
+ * @module
+ */
+import { type Gpu, grid2d } from "./gpu.ts";
+
+/** One way of reading the buffer. */
+export interface ReadProbePattern {
+  /** Short id, e.g. "block vec4 x4 wg64". */
+  name: string;
+  layout: "block" | "streams" | "grid-stride" | "workgroup-chunk";
+  /** Load type: 16 bytes (`vec4<u32>`) or 4 bytes (`u32`). */
+  elem: "vec4" | "u32";
+  /** Consecutive elements per loop iteration (block) or streams per invocation (streams). */
+  unroll: number;
+  /** Invocations per workgroup. */
+  workgroupSize: number;
+  /** Invocations in the dispatch (a multiple of workgroupSize). */
+  invocations: number;
+}
+
+/** The patterns the bench tries; it reports each and keeps the fastest. */
+export const READ_PROBE_PATTERNS: readonly ReadProbePattern[] = [
+  {
+    name: "block vec4 x1 wg64",
+    layout: "block",
+    elem: "vec4",
+    unroll: 1,
+    workgroupSize: 64,
+    invocations: 4096,
+  },
+  {
+    name: "block vec4 x4 wg64",
+    layout: "block",
+    elem: "vec4",
+    unroll: 4,
+    workgroupSize: 64,
+    invocations: 4096,
+  },
+  {
+    name: "block vec4 x4 wg16",
+    layout: "block",
+    elem: "vec4",
+    unroll: 4,
+    workgroupSize: 16,
+    invocations: 1024,
+  },
+  {
+    name: "block vec4 x8 wg16",
+    layout: "block",
+    elem: "vec4",
+    unroll: 8,
+    workgroupSize: 16,
+    invocations: 1024,
+  },
+  {
+    name: "streams vec4 x4 wg16",
+    layout: "streams",
+    elem: "vec4",
+    unroll: 4,
+    workgroupSize: 16,
+    invocations: 1024,
+  },
+  {
+    name: "block u32 x4 wg64",
+    layout: "block",
+    elem: "u32",
+    unroll: 4,
+    workgroupSize: 64,
+    invocations: 4096,
+  },
+  {
+    name: "grid-stride vec4 wg256",
+    layout: "grid-stride",
+    elem: "vec4",
+    unroll: 1,
+    workgroupSize: 256,
+    invocations: 65536,
+  },
+  {
+    name: "workgroup-chunk vec4 wg64",
+    layout: "workgroup-chunk",
+    elem: "vec4",
+    unroll: 1,
+    workgroupSize: 64,
+    invocations: 4096,
+  },
+];
+
+/** Source of a pattern's kernel. Params: `n` elements (of the pattern's type) to read. */
+export function readProbeShader(p: ReadProbePattern): string {
+  const T = p.elem === "vec4" ? "vec4<u32>" : "u32";
+  const fold = p.elem === "vec4" ? "s.x ^ s.y ^ s.z ^ s.w" : "s";
+  const zero = p.elem === "vec4" ? "vec4<u32>(0u)" : "0u";
+  const U = p.unroll, WG = p.workgroupSize, I = p.invocations;
+  let body: string;
+  switch (p.layout) {
+    case "block":
+      body = `let per = (p.n + ${I - 1}u) / ${I}u;             // block length B
+  let start = min(i * per, p.n);
+  let end = min(start + per, p.n);
+  let runs = start + (end - start) / ${U}u * ${U}u;
+  var j = start;
+  for (; j < runs; j += ${U}u) {
+    s ^= ${[...Array(U).keys()].map((u) => `a[j + ${u}u]`).join(" ^ ")};
+  }
+  for (; j < end; j++) { s ^= a[j]; }                  // tail`;
+      break;
+    case "streams":
+      body = `let per = (p.n + ${I * U - 1}u) / ${I * U}u;      // block length per stream
+  ${
+        [...Array(U).keys()].map((u) =>
+          `let b${u} = min((i * ${U}u + ${u}u) * per, p.n); let e${u} = min(b${u} + per, p.n);`
+        ).join("\n  ")
+      }
+  let both = ${
+        [...Array(U).keys()].map((u) => `e${u} - b${u}`).reduce((x, y) => `min(${x}, ${y})`)
+      };
+  for (var j = 0u; j < both; j++) {
+    s ^= ${[...Array(U).keys()].map((u) => `a[b${u} + j]`).join(" ^ ")};
+  }
+  ${
+        [...Array(U).keys()].map((u) => `for (var j = b${u} + both; j < e${u}; j++) { s ^= a[j]; }`)
+          .join("\n  ")
+      }`;
+      break;
+    case "grid-stride":
+      body = `for (var j = i; j < p.n; j += ${I}u) { s ^= a[j]; }`;
+      break;
+    case "workgroup-chunk":
+      body = `let per = (p.n + ${I / WG - 1}u) / ${I / WG}u;   // chunk per workgroup
+  let start = min(wid * per, p.n);
+  let end = min(start + per, p.n);
+  for (var j = start + lid; j < end; j += ${WG}u) { s ^= a[j]; }`;
+      break;
+  }
+  return `// read probe: ${p.name}
+struct Params { n: u32, _0: u32, _1: u32, _2: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> o: array<u32>; // one word per invocation
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+  let i = gid.y * nwg.x * ${WG}u + gid.x;              // invocation index
+  let wid = wg.y * nwg.x + wg.x;                        // workgroup index
+  var s = ${zero};
+  ${body}
+  o[i] = ${fold};
+}
+`;
+}
+
+/** Bytes the output buffer of a pattern needs (one u32 per invocation). */
+export function readProbeOutputBytes(p: ReadProbePattern): number {
+  return p.invocations * 4;
+}
+
+/**
+ * Records one probe dispatch reading the first `bytes` of `buffer` (a multiple of 16 for
+ * vec4 patterns, of 4 for u32) into `out` (at least {@linkcode readProbeOutputBytes}).
+ */
+export function readProbe(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  a: { buffer: GPUBuffer; bytes: number; out: GPUBuffer; pattern: ReadProbePattern },
+): void {
+  const p = a.pattern;
+  const elemBytes = p.elem === "vec4" ? 16 : 4;
+  if (a.bytes % elemBytes !== 0 || a.bytes > a.buffer.size || a.bytes > gpu.maxBindingBytes) {
+    throw new RangeError(
+      `readProbe: ${a.bytes} bytes is not a multiple of ${elemBytes} or exceeds the buffer or one binding`,
+    );
+  }
+  const params = gpu.uniform(new Uint32Array([a.bytes / elemBytes, 0, 0, 0]));
+  gpu.dispatch(
+    encoder,
+    gpu.pipeline(readProbeShader(p)),
+    [params, { buffer: a.buffer, size: a.bytes }, { buffer: a.out, size: p.invocations * 4 }],
+    grid2d(p.invocations / p.workgroupSize),
+  );
+}
+
+/** The CPU reference: XOR of all 32-bit words, i.e. XOR of every pattern's outputs. */
+export function readProbeRef(words: Uint32Array): number {
+  let s = 0;
+  for (let i = 0; i < words.length; i++) s ^= words[i];
+  return s >>> 0;
+}

@@ -1,0 +1,215 @@
+/**
+ * Tests of kernels/matmul.ts: Y = X·Wᵀ (+ bias) on the GPU against matmulRef (float64),
+ * computed from the same rounded weights, for every dtype and every variant the adapter
+ * has, at awkward sizes, Llama-3-8B sizes, forced weight splits and 2-D grids.
+ * Tolerance: relative L2 error ≤ 1e-5 for F32 weights, ≤ 1e-4 for F16/BF16.
+ */
+import { assertClose, gpuTest, type Rng } from "./_helpers.ts";
+import {
+  chooseMatmulVariant,
+  matmul,
+  type MatmulArgs,
+  matmulRef,
+  type MatmulVariant,
+  matmulVariantInfo,
+  planMatmul,
+  uploadMatrix,
+  writeMatrix,
+} from "../kernels/matmul.ts";
+import { decodeWeights, encodeWeights, type WeightDtype } from "../kernels/dtype.ts";
+import type { Gpu } from "../kernels/gpu.ts";
+import { GqaError } from "../model/errors.ts";
+import assert from "node:assert/strict";
+
+const TOL: Record<WeightDtype, number> = { F32: 1e-5, F16: 1e-4, BF16: 1e-4 };
+const DTYPES: WeightDtype[] = ["F32", "F16", "BF16"];
+
+/** `n` values uniform in (-scale, scale): one rng call each, fast enough for 58M weights. */
+function uniforms(rng: Rng, n: number, scale: number): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (rng.next() * 2 - 1) * scale;
+  return a;
+}
+
+/** A random (N, K) matrix stored as `dtype`, and its values after rounding (what the GPU sees). */
+function randomMatrix(rng: Rng, N: number, K: number, dtype: WeightDtype) {
+  const bytes = encodeWeights(uniforms(rng, N * K, 1 / Math.sqrt(K)), dtype);
+  return { bytes, values: decodeWeights(bytes, dtype) };
+}
+
+function variantsOf(gpu: Gpu): MatmulVariant[] {
+  return gpu.hasF16 ? ["packed", "f16"] : ["packed"];
+}
+
+interface Case {
+  T: number;
+  N: number;
+  K: number;
+  dtype: WeightDtype;
+  bias: boolean;
+  variant?: MatmulVariant;
+  maxBindingBytes?: number;
+  gridLimit?: number;
+}
+
+/** Runs one case into a NaN-poisoned Y and checks every element against matmulRef. */
+async function check(gpu: Gpu, rng: Rng, c: Case): Promise<void> {
+  const { T, N, K, dtype } = c;
+  const w = randomMatrix(rng, N, K, dtype);
+  const x = uniforms(rng, T * K, 2);
+  const bias = c.bias ? uniforms(rng, N, 1) : undefined;
+  const m = uploadMatrix(gpu, { bytes: w.bytes, dtype, N, K });
+  const y = gpu.poisoned(T * N); // (T, N) NaN: any element the kernel misses stays NaN
+  const args: MatmulArgs = {
+    x: gpu.upload(x),
+    w: m,
+    y,
+    T,
+    bias: bias ? gpu.upload(bias) : undefined,
+    variant: c.variant,
+    maxBindingBytes: c.maxBindingBytes,
+    gridLimit: c.gridLimit,
+  };
+  await gpu.run((enc) => matmul(gpu, enc, args));
+  const got = await gpu.read(y, 0, T * N * 4);
+  const what = `T=${T} N=${N} K=${K} ${dtype} ${c.variant ?? "default"}${c.bias ? " +bias" : ""}` +
+    (c.maxBindingBytes ? ` maxBindingBytes=${c.maxBindingBytes}` : "") +
+    (c.gridLimit ? ` gridLimit=${c.gridLimit}` : "");
+  assertClose(got, matmulRef({ x, w: w.values, T, N, K, bias }), TOL[dtype], what);
+  m.buffer.destroy();
+  y.destroy();
+}
+
+Deno.test("matmulRef() matches a product computed by hand", () => {
+  // X (2, 3) · Wᵀ with W (2, 3), plus bias:
+  // [1 2 3]·[1 0 -1] = -2, [1 2 3]·[2 1 0] = 4, [4 5 6]·[1 0 -1] = -2, [4 5 6]·[2 1 0] = 13
+  const y = matmulRef({
+    x: new Float32Array([1, 2, 3, 4, 5, 6]),
+    w: new Float32Array([1, 0, -1, 2, 1, 0]),
+    T: 2,
+    N: 2,
+    K: 3,
+    bias: new Float32Array([0.5, -1]),
+  });
+  assert.deepEqual(Array.from(y), [-1.5, 3, -1.5, 12]);
+});
+
+Deno.test("uploadMatrix() and writeMatrix() reject bytes that do not match the shape", () => {
+  const stub = {} as Gpu; // the check runs before anything touches the device
+  assert.throws(
+    () => uploadMatrix(stub, { bytes: new Uint8Array(10), dtype: "BF16", N: 2, K: 3 }),
+    GqaError,
+  );
+  const m = { buffer: {} as GPUBuffer, dtype: "F32" as const, N: 2, K: 2 };
+  assert.throws(() => writeMatrix(stub, m, new Uint8Array(12)), GqaError);
+});
+
+Deno.test("matmul() rejects bad T, short buffers and f16 on an adapter without it", () => {
+  const stub = { hasF16: false, adapterName: "stub" } as unknown as Gpu;
+  const buf = (size: number) => ({ size } as GPUBuffer);
+  const w = { buffer: buf(24), dtype: "F32" as const, N: 2, K: 3 };
+  const enc = {} as GPUCommandEncoder;
+  const ok = { x: buf(12), w, y: buf(8), T: 1 };
+  assert.throws(() => matmul(stub, enc, { ...ok, T: 0 }), GqaError);
+  assert.throws(() => matmul(stub, enc, { ...ok, x: buf(8) }), GqaError);
+  assert.throws(() => matmul(stub, enc, { ...ok, y: buf(4) }), GqaError);
+  assert.throws(() => matmul(stub, enc, { ...ok, variant: "f16" }), GqaError);
+});
+
+gpuTest(
+  "chooseMatmulVariant() returns a variant this adapter supports and says why",
+  async (gpu) => {
+    const v = await chooseMatmulVariant(gpu);
+    const info = matmulVariantInfo(gpu);
+    console.log(`matmul variant: ${info.variant} (${info.reason})`);
+    assert.deepEqual(info.variant, v);
+    assert.deepEqual(info.measured, true);
+    if (!gpu.hasF16) assert.deepEqual(v, "packed");
+    if (!["packed", "f16"].includes(v) || info.reason.length < 10) throw new Error(`bad info ${v}`);
+    assert.deepEqual(await chooseMatmulVariant(gpu), v); // cached: same answer, no new timing
+  },
+);
+
+gpuTest(
+  "matmul() matches matmulRef at awkward sizes for every dtype, variant, with and without bias",
+  async (gpu, rng) => {
+    // [T, N, K]: fast path (K % 8 == 0) and general path (odd K, K % 8 != 0)
+    const shapes: [number, number, number][] = [
+      [1, 1000, 4101], // general path, odd K: rows start mid-word for 16-bit weights
+      [3, 1030, 4096], // fast path, N not a multiple of 16 rows × 16 invocations
+      [17, 1030, 72], // fast path, three token passes (8 + 8 + 1)
+      [5, 33, 37], // general path, tiny odd K
+      [2, 9, 6], // general path, K even but not a multiple of 8
+    ];
+    for (const [T, N, K] of shapes) {
+      for (const dtype of DTYPES) {
+        for (const variant of dtype === "F16" ? variantsOf(gpu) : ["packed" as const]) {
+          for (const bias of [false, true]) {
+            await check(gpu, rng, { T, N, K, dtype, bias, variant });
+          }
+        }
+      }
+    }
+  },
+);
+
+gpuTest("matmul() handles T up to 512 (passes of tokens)", async (gpu, rng) => {
+  await check(gpu, rng, { T: 512, N: 40, K: 64, dtype: "BF16", bias: true });
+  await check(gpu, rng, { T: 300, N: 21, K: 63, dtype: "F16", bias: false });
+  await check(gpu, rng, { T: 129, N: 50, K: 128, dtype: "F32", bias: true });
+});
+
+gpuTest(
+  "matmul() splits weights larger than maxBindingBytes into aligned row chunks",
+  async (gpu, rng) => {
+    const cases: Case[] = [
+      { T: 3, N: 301, K: 72, dtype: "BF16", bias: true, maxBindingBytes: 1000 }, // fast
+      { T: 2, N: 101, K: 75, dtype: "F16", bias: true, maxBindingBytes: 777 }, // general, odd K
+      { T: 9, N: 64, K: 64, dtype: "F32", bias: false, maxBindingBytes: 2048 }, // fast, 2 passes
+    ];
+    if (gpu.hasF16) cases.push({ ...cases[0], dtype: "F16", variant: "f16" });
+    for (const c of cases) {
+      const w = { buffer: {} as GPUBuffer, dtype: c.dtype, N: c.N, K: c.K };
+      const plan = planMatmul(gpu, { ...c, w });
+      if (plan.chunks.length < 2) throw new Error(`no split for ${JSON.stringify(c)}`);
+      for (const ch of plan.chunks) {
+        if (ch.offset % gpu.bindAlign !== 0 || ch.size > c.maxBindingBytes!) {
+          throw new Error(`bad chunk ${JSON.stringify(ch)}`);
+        }
+      }
+      await check(gpu, rng, c);
+    }
+  },
+);
+
+gpuTest(
+  "matmul() spreads workgroups over a 2-D grid when one dimension is full",
+  async (gpu, rng) => {
+    await check(gpu, rng, { T: 2, N: 1000, K: 64, dtype: "BF16", bias: true, gridLimit: 3 });
+    await check(gpu, rng, { T: 2, N: 1000, K: 65, dtype: "F32", bias: false, gridLimit: 2 });
+  },
+);
+
+gpuTest("matmul() reads the new weights after writeMatrix()", async (gpu, rng) => {
+  const [T, N, K] = [2, 50, 64];
+  const a = randomMatrix(rng, N, K, "BF16"), b = randomMatrix(rng, N, K, "BF16");
+  const x = uniforms(rng, T * K, 1);
+  const m = uploadMatrix(gpu, { bytes: a.bytes, dtype: "BF16", N, K });
+  writeMatrix(gpu, m, b.bytes);
+  const y = gpu.poisoned(T * N);
+  await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T }));
+  assertClose(await gpu.read(y), matmulRef({ x, w: b.values, T, N, K }), 1e-4, "after write");
+});
+
+gpuTest("matmul() matches matmulRef at Llama-3-8B shapes", async (gpu, rng) => {
+  // D = 4096, I = 14336, KV·HD = 1024. F32 (14336, 4096) is 235 MB: more than one 128 MiB
+  // binding on lavapipe, so it also exercises the real split.
+  const cases: Case[] = [
+    { T: 3, N: 1024, K: 4096, dtype: "BF16", bias: true }, // k_proj / v_proj
+    { T: 3, N: 4096, K: 4096, dtype: "F16", bias: false }, // q_proj / o_proj
+    { T: 1, N: 14336, K: 4096, dtype: "BF16", bias: false }, // gate_proj / up_proj
+    { T: 1, N: 4096, K: 14336, dtype: "BF16", bias: false }, // down_proj
+    { T: 1, N: 14336, K: 4096, dtype: "F32", bias: false }, // up_proj in F32: split
+  ];
+  for (const c of cases) await check(gpu, rng, c);
+});
