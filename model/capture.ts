@@ -166,7 +166,10 @@ export async function captureLayer(
     plan,
     tokenIds: ids,
     checkFinite: opts.checkFinite,
-  }).finally(() => src.close?.());
+  }).finally(() => {
+    src.close?.();
+    if (!opts.gpu) gpu.destroy(); // a device we made is ours to release
+  });
 
   return {
     model,

@@ -23,6 +23,8 @@ export async function tutorialGpu(): Promise<Gpu> {
     console.error(NO_ADAPTER_HELP);
     Deno.exit(1);
   }
+  // Release the device when the script ends: Mesa's drivers have crashed when left to teardown.
+  globalThis.addEventListener("unload", () => gpu.destroy());
   console.log(`WebGPU adapter: ${gpu.adapterName} (shader-f16: ${gpu.hasF16})\n`);
   return gpu;
 }

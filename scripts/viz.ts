@@ -163,6 +163,9 @@ async function run(args: string[], io: Io): Promise<number> {
     tokenIds,
     progress: !quiet,
     log,
+  }).finally(() => {
+    // Release the device before exit: Mesa's drivers have crashed when left to teardown.
+    if (!io.gpu) gpu.destroy();
   });
   if (token !== "all" && token >= cap.T) {
     bad(`--token ${token} is out of range: the prompt has ${cap.T} tokens (0 to ${cap.T - 1}).`);

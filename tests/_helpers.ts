@@ -5,6 +5,7 @@
  * @module
  */
 import { type Gpu, requestGpu } from "../kernels/gpu.ts";
+import { GqaError } from "../model/errors.ts";
 
 /** A small seeded generator (mulberry32) so every failure can be reproduced from its seed. */
 export class Rng {
@@ -120,4 +121,28 @@ export function gpuTest(name: string, fn: (gpu: Gpu, rng: Rng) => Promise<void>)
       }
     },
   });
+}
+
+/** Runs `fn` and asserts it throws a GqaError with `code` whose message has every `parts`. */
+export async function assertGqa(
+  fn: () => unknown,
+  code: string,
+  ...parts: string[]
+): Promise<GqaError> {
+  let err: unknown;
+  try {
+    await fn();
+  } catch (e) {
+    err = e;
+  }
+  if (!(err instanceof GqaError)) {
+    throw new Error(`expected GqaError(${code}), got ${err === undefined ? "no error" : err}`);
+  }
+  if (err.code !== code) throw new Error(`expected code ${code}, got ${err.code}: ${err.message}`);
+  for (const p of parts) {
+    if (!err.message.includes(p)) {
+      throw new Error(`message lacks ${JSON.stringify(p)}: ${err.message}`);
+    }
+  }
+  return err;
 }

@@ -3,8 +3,8 @@
  * unsupported case, and checkShapes against tensor tables.
  * @module
  */
+import { assertGqa } from "./_helpers.ts";
 import assert from "node:assert/strict";
-import { GqaError } from "../model/errors.ts";
 import {
   checkShapes,
   expectedShape,
@@ -14,22 +14,6 @@ import {
   parseConfigText,
 } from "../model/config.ts";
 import type { TensorInfo } from "../model/safetensors.ts";
-
-async function assertGqa(fn: () => unknown, code: string, ...parts: string[]): Promise<void> {
-  let err: unknown;
-  try {
-    await fn();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof GqaError)) {
-    throw new Error(`expected GqaError(${code}), got ${err === undefined ? "no error" : err}`);
-  }
-  assert.equal(err.code, code, err.message);
-  for (const p of parts) {
-    assert.ok(err.message.includes(p), `message lacks ${JSON.stringify(p)}: ${err.message}`);
-  }
-}
 
 // config.json of real checkpoints (fields that matter, as published on the Hub).
 const LLAMA3_8B = {

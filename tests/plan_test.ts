@@ -3,28 +3,12 @@
  * row coalescing, grouping by layer, and bad inputs.
  * @module
  */
+import { assertGqa } from "./_helpers.ts";
 import assert from "node:assert/strict";
-import { GqaError } from "../model/errors.ts";
 import { expectedShape, type ModelConfig, parseConfig } from "../model/config.ts";
 import { gatherEmbeddingRows, layerTensorNames, planCapture } from "../model/plan.ts";
 import { headerLength, parseHeader, writeSafetensors } from "../model/safetensors.ts";
 import type { TensorInfo } from "../model/safetensors.ts";
-
-async function assertGqa(fn: () => unknown, code: string, ...parts: string[]): Promise<void> {
-  let err: unknown;
-  try {
-    await fn();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof GqaError)) {
-    throw new Error(`expected GqaError(${code}), got ${err === undefined ? "no error" : err}`);
-  }
-  assert.equal(err.code, code, err.message);
-  for (const p of parts) {
-    assert.ok(err.message.includes(p), `message lacks ${JSON.stringify(p)}: ${err.message}`);
-  }
-}
 
 type Table = Map<string, TensorInfo & { file: string }>;
 

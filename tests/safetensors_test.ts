@@ -3,6 +3,7 @@
  * model/tensors.ts (the tensor table read by range through a ByteSource).
  * @module
  */
+import { assertGqa } from "./_helpers.ts";
 import assert from "node:assert/strict";
 import { GqaError } from "../model/errors.ts";
 import {
@@ -14,29 +15,6 @@ import {
 } from "../model/safetensors.ts";
 import { INDEX_FILE, loadTensorIndex } from "../model/tensors.ts";
 import type { ByteSource } from "../model/source.ts";
-
-/** Runs `fn` and asserts it throws a GqaError with `code` whose message has every `parts`. */
-export async function assertGqa(
-  fn: () => unknown,
-  code: string,
-  ...parts: string[]
-): Promise<GqaError> {
-  let err: unknown;
-  try {
-    await fn();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof GqaError)) {
-    throw new Error(`expected GqaError(${code}), got ${err === undefined ? "no error" : err}`);
-  }
-  assert.equal(err.code, code, err.message);
-  for (const p of parts) {
-    assert.ok(err.message.includes(p), `message lacks ${JSON.stringify(p)}: ${err.message}`);
-  }
-  assert.ok(!err.message.includes("\n"), `message is not one paragraph: ${err.message}`);
-  return err;
-}
 
 /** A file from a raw header text and `dataBytes` bytes of data, length field = header length. */
 function rawFile(header: string, dataBytes: number, lengthField?: bigint): Uint8Array {
