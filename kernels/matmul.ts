@@ -46,24 +46,28 @@
  * measurably faster; BF16 and F32 weights use one kernel either way. Products and sums stay
  * f32 in both (f16 products would cost ~1e-3 relative error).
  *
- * ## Versions (numbers: lavapipe on 2 cores, BF16 (4096, 4096), GB/s of weights read,
- * CPU-time normalised because other processes shared the cores; the read probe gave 12–14)
- * - v1 one output element per invocation, X and W from storage (the first stub): each weight
- *   is re-read for every token, each X value for every row. ~2 GB/s at T = 1.
- * - v2 one row per invocation, `vec4<u32>` weight loads: 2.2 GB/s. Each `vec4` X load costs
- *   as much as a weight load, and there are two per weight load.
- * - v3 RR rows per invocation (RR contiguous streams), X reused across them: T = 1, RR = 8:
- *   9.0 GB/s; T = 8: 2.5 GB/s (16 X loads per 8 weight loads).
- * - v4 (this file) X through per-token uniform bindings, RR = 16, dot-product trees:
- *   T = 1: ~10 GB/s (75–80 % of the probe); T = 4: ~7 (≈ 53 %); T = 8: ~5 (≈ 36 %).
+ * ## Versions (lavapipe, 2 cores, BF16 W, GB/s of weights read, CPU-time normalised because
+ * other processes shared the cores; the best read-probe pattern gave 14 GB/s the same way)
+ * - v1 one output element per invocation, scalar loads, X and W from storage (the first
+ *   stub): every weight re-read for every token. T = 1: 1.4 GB/s (10 %), T = 8: 0.17 (1 %).
+ * - v2 one row per invocation, `vec4<u32>` weight loads, X `vec4` from storage: T = 1:
+ *   2.2 GB/s. Each X load costs as much as a weight load, and there are two per weight load.
+ * - v3 RR rows per invocation (RR contiguous streams) so each X load serves RR rows:
+ *   T = 1, RR = 8: 9.0 GB/s; T = 8: 2.5 GB/s (16 X loads per 8 weight loads).
+ * - v4 (this file) X through per-token uniform bindings, RR = 16, 8-lane workgroups:
+ *   T = 1: ~10 GB/s (68–72 % of the probe), T = 4: ~7.2 (51–55 %), T = 8: ~5.0 (34–36 %).
+ *   At T = 8 an experiment with X made free (constants) reached 55–57 %, one with the
+ *   arithmetic removed 67–71 %: both costs matter, and the arithmetic alone caps T = 8
+ *   below 60 % on this adapter.
  *
  * ## Why it looks like this (what limits it on lavapipe)
  * lavapipe runs 8 invocations in one 256-bit SIMD register, but a storage-buffer load whose
  * address differs per invocation becomes a scalar loop over the 8 lanes with a bounds check
  * per component: ~40 x86 instructions per lane per `vec4` load. The read probe
- * (kernels/read_probe.ts) is bound by exactly that, not by DRAM. A uniform-buffer load with a
- * per-invocation address is a plain gather (~10 instructions per lane per `vec4`), hence
- * uniform X. The multiply-adds cost 2 SIMD instructions each (lavapipe lowers `fma` to a
+ * (kernels/read_probe.ts) is bound by exactly that, not by DRAM. A uniform-buffer load is a
+ * plain gather without bounds-check branches (~10 instructions per lane per `vec4`; Mesa 22
+ * cannot prove an address made from the loop counter uniform, or it would be one load),
+ * hence uniform X. The multiply-adds cost 2 SIMD instructions each (lavapipe lowers `fma` to a
  * multiply and an add), i.e. T/4 instructions per weight per lane against ~5 for loading it:
  * at T = 8 the arithmetic alone is ~40 % of the load cost, which is why the ratio to the
  * probe falls with T. On a real GPU both paths are ordinary memory-bound GEMV/GEMM code.

@@ -25,8 +25,9 @@
  * with a bounds check per component, ~40 instructions per lane per `vec4`. The probe is
  * therefore bound by instructions, not by DRAM: `vec4` beats u32 (the per-lane overhead is
  * shared by 4 words) and unrolled runs beat single loads (fewer loop-mask updates). On
- * lavapipe here `block` with vec4 runs of 4 read ~11–14 GB/s (CPU-time normalised) while
- * grid-stride read ~2–3 GB/s; a typed-array copy in Deno reads ~15 GB/s on one core.
+ * lavapipe here, with the machine quiet, `block` with vec4 runs of 4–8 read ~13 GB/s
+ * (14 CPU-time normalised), u32 loads about half that, grid-stride and workgroup-chunk
+ * ~1.2–1.6 GB/s; a typed-array copy in Deno reads ~14 GB/s on one core.
  * @module
  */
 import { type Gpu, grid2d } from "./gpu.ts";
@@ -87,6 +88,15 @@ export const READ_PROBE_PATTERNS: readonly ReadProbePattern[] = [
     unroll: 4,
     workgroupSize: 16,
     invocations: 1024,
+  },
+  {
+    // the matmul's own access: 16 rows (streams) per invocation, 8-invocation workgroups
+    name: "streams vec4 x16 wg8",
+    layout: "streams",
+    elem: "vec4",
+    unroll: 16,
+    workgroupSize: 8,
+    invocations: 512,
   },
   {
     name: "block u32 x4 wg64",

@@ -14,7 +14,8 @@
  *   (lavapipe runs on the CPU) cannot hold the weights between dispatches.
  * - Correctness first: each dtype/variant is checked against `matmulRef` before it is timed.
  * - GB/s counts the weight bytes each matmul must read (N·K·dtype bytes), GFLOP/s counts
- *   2·T·N·K; "of probe" divides GB/s by the best read-probe pattern.
+ *   2·T·N·K; "of probe" divides GB/s by the best read-probe pattern, timed again just before
+ *   each block of rows because the load from other processes drifts.
  * @module
  */
 import { type Gpu, requestGpu } from "../kernels/gpu.ts";
@@ -28,7 +29,12 @@ import {
   planMatmul,
   uploadMatrix,
 } from "../kernels/matmul.ts";
-import { READ_PROBE_PATTERNS, readProbe, readProbeOutputBytes } from "../kernels/read_probe.ts";
+import {
+  READ_PROBE_PATTERNS,
+  readProbe,
+  readProbeOutputBytes,
+  type ReadProbePattern,
+} from "../kernels/read_probe.ts";
 import { decodeWeights, DTYPE_BYTES, encodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 
 const argv = Deno.args;
@@ -78,22 +84,25 @@ const probeBufs = Array.from({ length: ROTATION_BYTES / PROBE_BUF }, (_, i) => {
   return gpu.upload(w, `probe ${i}`);
 });
 console.log(`\nread probe (${probeBufs.length} × 64 MB buffers in rotation):`);
-let probeBest = 0, probeBestName = "";
-for (const pattern of READ_PROBE_PATTERNS) {
-  const out = gpu.buffer(readProbeOutputBytes(pattern));
-  const t = await timeOps(gpu, (enc, i) =>
-    readProbe(gpu, enc, {
+const probeOut = gpu.buffer(Math.max(...READ_PROBE_PATTERNS.map(readProbeOutputBytes)));
+/** GB/s of one probe pattern, timed now. */
+async function probeGbps(pattern: ReadProbePattern): Promise<number> {
+  const t = await timeOps(gpu!, (enc, i) =>
+    readProbe(gpu!, enc, {
       buffer: probeBufs[i % probeBufs.length],
       bytes: PROBE_BUF,
-      out,
+      out: probeOut,
       pattern,
     }));
-  const gbps = PROBE_BUF / t / 1e9;
-  if (gbps > probeBest) [probeBest, probeBestName] = [gbps, pattern.name];
+  return PROBE_BUF / t / 1e9;
+}
+let probeBest = 0, best = READ_PROBE_PATTERNS[0];
+for (const pattern of READ_PROBE_PATTERNS) {
+  const gbps = await probeGbps(pattern);
+  if (gbps > probeBest) [probeBest, best] = [gbps, pattern];
   console.log(`  ${pattern.name.padEnd(28)} ${gbps.toFixed(2).padStart(6)} GB/s`);
 }
-console.log(`  best: ${probeBestName}, ${probeBest.toFixed(2)} GB/s`);
-for (const b of probeBufs) b.destroy();
+console.log(`  best: ${best.name}, ${probeBest.toFixed(2)} GB/s`);
 
 // --- 3. matmul ---------------------------------------------------------------------------
 await chooseMatmulVariant(gpu);
@@ -132,11 +141,20 @@ console.log(
     DTYPES.map((d) => `${d} (${variantsFor(d).join(", ")})`).join(", "),
 );
 
-const rows: string[] = [];
 console.log(
-  "\n| W (N, K) | dtype | variant | T | ms | GB/s | GFLOP/s | of probe |\n" +
-    "|---|---|---|---|---|---|---|---|",
+  "\nEach matmul is timed in alternation with the best probe pattern (same background load);\n" +
+    '"probe" is that pattern\'s median GB/s meanwhile, "of probe" the median of the paired\n' +
+    "ratios.\n\n" +
+    "| W (N, K) | dtype | variant | T | ms | GB/s | GFLOP/s | probe | of probe |\n" +
+    "|---|---|---|---|---|---|---|---|---|",
 );
+const probeRecord = (enc: GPUCommandEncoder, i: number) =>
+  readProbe(gpu, enc, {
+    buffer: probeBufs[i % probeBufs.length],
+    bytes: PROBE_BUF,
+    out: probeOut,
+    pattern: best,
+  });
 for (const [N, K] of SHAPES) {
   for (const dtype of DTYPES) {
     const bytes = N * K * DTYPE_BYTES[dtype];
@@ -149,20 +167,21 @@ for (const [N, K] of SHAPES) {
     for (const T of TS) {
       const x = gpu.upload(noise(T * K, 1, T)), y = gpu.buffer(T * N * 4);
       for (const variant of variantsFor(dtype)) {
-        const t = await timeOps(
+        const m = await timePaired(
           gpu,
           (enc, i) => matmul(gpu, enc, { x, w: mats[i % count], y, T, variant }),
+          probeRecord,
         );
-        const gbps = bytes / t / 1e9;
+        const t = m.a, gbps = bytes / t / 1e9, probe = PROBE_BUF / m.b / 1e9;
+        const ofProbe = m.speedup * bytes / PROBE_BUF; // (bytes / ta) / (PROBE_BUF / tb)
         const plan = planMatmul(gpu, { w: mats[0], T, variant });
-        const row = `| (${N}, ${K}) | ${dtype} | ${dtype === "F16" ? variant : "-"} | ${T} | ` +
-          `${(t * 1000).toFixed(1)} | ${gbps.toFixed(2)} | ${
-            (2 * T * N * K / t / 1e9).toFixed(1)
-          } | ` +
-          `${(100 * gbps / probeBest).toFixed(0)} % |` +
-          (plan.chunks.length > 1 ? ` (${plan.chunks.length} chunks)` : "");
-        rows.push(row);
-        console.log(row);
+        console.log(
+          `| (${N}, ${K}) | ${dtype} | ${dtype === "F16" ? variant : "-"} | ${T} | ` +
+            `${(t * 1000).toFixed(1)} | ${gbps.toFixed(2)} | ${
+              (2 * T * N * K / t / 1e9).toFixed(1)
+            } | ${probe.toFixed(2)} | ${(100 * ofProbe).toFixed(0)} % |` +
+            (plan.chunks.length > 1 ? ` ${plan.chunks.length} chunks` : ""),
+        );
       }
       x.destroy();
       y.destroy();
@@ -170,34 +189,69 @@ for (const [N, K] of SHAPES) {
     for (const m of mats) m.buffer.destroy();
   }
 }
+for (const b of probeBufs) b.destroy();
 console.log(
-  `\nprobe best: ${probeBest.toFixed(2)} GB/s (${probeBestName}); load average at the end: ` +
+  `\nprobe best: ${probeBest.toFixed(2)} GB/s (${best.name}); load average at the end: ` +
     `${loadavg()}; total ${((performance.now() - started) / 1000).toFixed(0)} s`,
 );
 
 // --- helpers -----------------------------------------------------------------------------
 
 /**
- * Median seconds per op: `record(enc, i)` records op i. One warm-up run (compiles, faults
- * pages in), then RUNS runs of `reps` ops each in one submit, reps sized to ~TARGET_S.
+ * A timer for one kind of op: `record(enc, i)` records op i. `warm()` runs it once (compiles
+ * the pipelines, faults pages in) and sizes a run to ~TARGET_S; `once()` is one timed run of
+ * that many ops in one submit, returning seconds per op.
  */
+function timer(gpu: Gpu, record: (enc: GPUCommandEncoder, i: number) => void) {
+  let reps = 2, next = 0;
+  const run = async (n: number): Promise<number> => {
+    const enc = gpu.device.createCommandEncoder();
+    for (let i = 0; i < n; i++) record(enc, next++);
+    const t0 = performance.now();
+    await gpu.submit(enc);
+    return (performance.now() - t0) / 1000 / n;
+  };
+  return {
+    async warm() {
+      await run(1);
+      reps = Math.max(2, Math.min(400, Math.round(TARGET_S / await run(2))));
+    },
+    once: () => run(reps),
+  };
+}
+
+/** Median seconds per op over RUNS runs. */
 async function timeOps(
   gpu: Gpu,
   record: (enc: GPUCommandEncoder, i: number) => void,
 ): Promise<number> {
-  const run = async (reps: number, from: number): Promise<number> => {
-    const enc = gpu.device.createCommandEncoder();
-    for (let i = 0; i < reps; i++) record(enc, from + i);
-    const t0 = performance.now();
-    await gpu.submit(enc);
-    return (performance.now() - t0) / 1000;
-  };
-  await run(1, 0); // compile
-  const est = await run(2, 1) / 2;
-  const reps = Math.max(2, Math.min(400, Math.round(TARGET_S / est)));
+  const t = timer(gpu, record);
+  await t.warm();
   const ts: number[] = [];
-  for (let r = 0; r < RUNS; r++) ts.push(await run(reps, r * reps) / reps);
+  for (let r = 0; r < RUNS; r++) ts.push(await t.once());
   return median(ts);
+}
+
+/**
+ * Times `a` and `b` in alternating runs (a, b, a, b, …) so that both see the same
+ * background load; returns each one's median seconds per op and the median of the
+ * per-run ratios tb/ta (how many times faster a ran than b, pair by pair).
+ */
+async function timePaired(
+  gpu: Gpu,
+  a: (enc: GPUCommandEncoder, i: number) => void,
+  b: (enc: GPUCommandEncoder, i: number) => void,
+): Promise<{ a: number; b: number; speedup: number }> {
+  const ta = timer(gpu, a), tb = timer(gpu, b);
+  await ta.warm();
+  await tb.warm();
+  const as: number[] = [], bs: number[] = [], rs: number[] = [];
+  for (let r = 0; r < RUNS; r++) {
+    as.push(await ta.once());
+    bs.push(await tb.once());
+    rs.push(bs[r] / as[r]);
+  }
+  return { a: median(as), b: median(bs), speedup: median(rs) };
 }
 
 function median(a: number[]): number {
