@@ -107,6 +107,25 @@ export class Gpu {
     this.device.queue.writeBuffer(buf, offset, padded as Uint8Array<ArrayBuffer>);
   }
 
+  /**
+   * Writes like {@linkcode write}, in 32 MiB pieces, waiting for each to land. The driver
+   * copies every write into staging memory first; a piece at a time lets it reuse that
+   * memory instead of allocating (and page-faulting) a fresh copy of the whole array:
+   * on lavapipe a 117 MB matrix lands in ~60 ms instead of ~350 ms.
+   */
+  async writeLarge(buf: GPUBuffer, data: ArrayBufferView, offset = 0): Promise<void> {
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    const PIECE = 32 << 20;
+    for (let at = 0; at < bytes.byteLength; at += PIECE) {
+      this.write(buf, bytes.subarray(at, at + PIECE), offset + at);
+      if (at + PIECE < bytes.byteLength) {
+        this.device.queue.submit([]);
+        await this.device.queue.onSubmittedWorkDone();
+      }
+    }
+    this.throwIfError();
+  }
+
   /** A storage buffer of `n` f32 values all set to NaN: the poison tests write before a run. */
   poisoned(n: number, label?: string): GPUBuffer {
     return this.upload(new Float32Array(n).fill(NaN), label);

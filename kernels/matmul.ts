@@ -153,10 +153,21 @@ export function uploadMatrix(
   return { buffer: gpu.upload(m.bytes, m.label), dtype: m.dtype, N: m.N, K: m.K };
 }
 
-/** Overwrites a matrix's buffer with another matrix of the same shape and dtype (the next layer). */
-export function writeMatrix(gpu: Gpu, m: GpuMatrix, bytes: Uint8Array): void {
+/**
+ * Overwrites a matrix's buffer with another matrix of the same shape and dtype (the next
+ * layer), in pieces (see {@linkcode Gpu.writeLarge}). The bytes are checked first.
+ */
+export async function writeMatrix(gpu: Gpu, m: GpuMatrix, bytes: Uint8Array): Promise<void> {
   checkBytes(bytes, m, m.buffer.label || "matrix");
-  gpu.write(m.buffer, bytes);
+  await gpu.writeLarge(m.buffer, bytes);
+}
+
+/** An empty matrix buffer of shape (N, K) and `dtype`, to fill with {@linkcode writeMatrix}. */
+export function allocMatrix(
+  gpu: Gpu,
+  m: { dtype: WeightDtype; N: number; K: number; label?: string },
+): GpuMatrix {
+  return { buffer: gpu.buffer(m.N * m.K * DTYPE_BYTES[m.dtype], m.label), ...m };
 }
 
 function checkBytes(

@@ -15,7 +15,7 @@
  */
 import type { Gpu } from "../kernels/gpu.ts";
 import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
-import { type GpuMatrix, uploadMatrix, writeMatrix } from "../kernels/matmul.ts";
+import { allocMatrix, writeMatrix } from "../kernels/matmul.ts";
 import { ropeTables } from "../kernels/rope.ts";
 import {
   allocCapture,
@@ -55,9 +55,31 @@ export interface ForwardArgs {
   checkFinite?: boolean;
 }
 
+/**
+ * Host buffers for one layer's tensors, two sets used alternately (layer l is uploaded
+ * from one set while layer l+1 is read into the other). Every layer has the same shapes,
+ * so after layer 1 no memory is allocated: fresh buffers of hundreds of MB cost more to
+ * page-fault than to fill from the page cache.
+ */
+class HostBuffers {
+  readonly #sets = [new Map<string, Uint8Array>(), new Map<string, Uint8Array>()];
+
+  /** A buffer of `bytes` for tensor `name` (its layer prefix ignored) in set `set`. */
+  get(set: number, name: string, bytes: number): Uint8Array {
+    const key = name.replace(/^model\.layers\.\d+\./, "");
+    let buf = this.#sets[set].get(key);
+    if (buf?.byteLength !== bytes) this.#sets[set].set(key, buf = new Uint8Array(bytes));
+    return buf;
+  }
+}
+
 /** Reads every tensor of `reads` (in parallel) into a name → bytes map. */
-async function readAll(src: ByteSource, reads: TensorRead[]): Promise<Map<string, Uint8Array>> {
-  const bytes = await Promise.all(reads.map((r) => src.read(r.file, r.begin, r.end)));
+async function readAll(
+  src: ByteSource,
+  reads: TensorRead[],
+  into: (r: TensorRead) => Uint8Array,
+): Promise<Map<string, Uint8Array>> {
+  const bytes = await Promise.all(reads.map((r) => src.read(r.file, r.begin, r.end, into(r))));
   return new Map(reads.map((r, i) => [r.tensor, bytes[i]]));
 }
 
@@ -94,13 +116,15 @@ class LayerSlots {
     readonly tensors: Map<string, TensorInfo & { file: string }>,
   ) {}
 
-  setMatrix(key: MatrixKey, name: string, bytes: Uint8Array) {
+  async setMatrix(key: MatrixKey, name: string, bytes: Uint8Array) {
     const info = this.tensors.get(name)!;
     const [N, K] = info.shape;
     const dtype = info.dtype as WeightDtype;
     const cur = this.w[key];
-    if (cur && cur.N === N && cur.K === K && cur.dtype === dtype) writeMatrix(this.gpu, cur, bytes);
-    else this.w[key] = uploadMatrix(this.gpu, { bytes, dtype, N, K, label: key }) as GpuMatrix;
+    const m = cur && cur.N === N && cur.K === K && cur.dtype === dtype
+      ? cur
+      : (this.w[key] = allocMatrix(this.gpu, { dtype, N, K, label: key }));
+    await writeMatrix(this.gpu, m, bytes);
   }
 
   setVector(key: VectorKey, name: string, bytes: Uint8Array) {
@@ -111,11 +135,11 @@ class LayerSlots {
   }
 
   /** Writes layer l's weights from `bytes` (only those present: layer L has q/k/v only). */
-  load(l: number, bytes: Map<string, Uint8Array>) {
+  async load(l: number, bytes: Map<string, Uint8Array>) {
     const n = names(l);
     for (const key of ["q", "k", "v", "o", "gate", "up", "down"] as const) {
       const b = bytes.get(n[key]);
-      if (b) this.setMatrix(key, n[key], b);
+      if (b) await this.setMatrix(key, n[key], b);
     }
     for (const key of ["inputNorm", "postNorm", "qBias", "kBias", "vBias"] as const) {
       const b = bytes.get(n[key]);
@@ -151,13 +175,15 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
 
   // 3. Layer by layer; the read of layer l+1 starts before layer l computes.
   const layerSeconds: number[] = [];
-  let next = readAll(src, plan.layers[0]);
+  const host = new HostBuffers();
+  const read = (l: number) =>
+    readAll(src, plan.layers[l], (r) => host.get(l % 2, r.tensor, r.end - r.begin));
+  let next = read(0);
   for (let l = 0; l <= L; l++) {
     const t0 = performance.now();
     const bytes = await next;
-    if (l < L) next = readAll(src, plan.layers[l + 1]);
-    slots.load(l, bytes);
-    bytes.clear();
+    if (l < L) next = read(l + 1);
+    await slots.load(l, bytes);
     if (check) resetFiniteCheck(gpu, check);
     const enc = gpu.device.createCommandEncoder();
     decoderLayer(gpu, enc, {

@@ -687,12 +687,19 @@ export class HubSource implements ByteSource {
     return (await this.#info(file)) !== null;
   }
 
-  async read(file: string, begin: number, end: number): Promise<Uint8Array> {
+  async read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    const bytes = await this.#read(file, begin, end, into);
+    if (!into || bytes === into) return bytes;
+    into.set(bytes);
+    return into;
+  }
+
+  async #read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     const info = await this.#must(file);
     checkRange({ file, where: this.name, begin, end, size: info.size });
     if (begin === end) return new Uint8Array(0);
     if (info.kind === "hf-cache") {
-      const bytes = await readFileRange(info.path, begin, end);
+      const bytes = await readFileRange(info.path, begin, end, into);
       this.stats.bytesFetched += bytes.length;
       this.stats.requests++;
       this.#o.progress?.add(bytes.length);

@@ -165,10 +165,10 @@ export class LocalSource implements ByteSource {
     }
   }
 
-  async read(file: string, begin: number, end: number): Promise<Uint8Array> {
+  async read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     const size = await this.size(file);
     checkRange({ file, where: `the folder ${this.#dir}`, begin, end, size });
-    const bytes = await readFileRange(this.#path(file), begin, end);
+    const bytes = await readFileRange(this.#path(file), begin, end, into);
     this.stats.bytesFetched += bytes.length;
     this.stats.requests++;
     this.#progress?.add(bytes.length);

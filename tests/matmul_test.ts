@@ -94,14 +94,14 @@ Deno.test("matmulRef() matches a product computed by hand", () => {
   assert.deepEqual(Array.from(y), [-1.5, 3, -1.5, 12]);
 });
 
-Deno.test("uploadMatrix() and writeMatrix() reject bytes that do not match the shape", () => {
+Deno.test("uploadMatrix() and writeMatrix() reject bytes that do not match the shape", async () => {
   const stub = {} as Gpu; // the check runs before anything touches the device
   assert.throws(
     () => uploadMatrix(stub, { bytes: new Uint8Array(10), dtype: "BF16", N: 2, K: 3 }),
     GqaError,
   );
   const m = { buffer: {} as GPUBuffer, dtype: "F32" as const, N: 2, K: 2 };
-  assert.throws(() => writeMatrix(stub, m, new Uint8Array(12)), GqaError);
+  await assert.rejects(writeMatrix(stub, m, new Uint8Array(12)), GqaError);
 });
 
 Deno.test("matmul() rejects bad T, short buffers and f16 on an adapter without it", () => {
@@ -195,7 +195,7 @@ gpuTest("matmul() reads the new weights after writeMatrix()", async (gpu, rng) =
   const a = randomMatrix(rng, N, K, "BF16"), b = randomMatrix(rng, N, K, "BF16");
   const x = uniforms(rng, T * K, 1);
   const m = uploadMatrix(gpu, { bytes: a.bytes, dtype: "BF16", N, K });
-  writeMatrix(gpu, m, b.bytes);
+  await writeMatrix(gpu, m, b.bytes);
   const y = gpu.poisoned(T * N);
   await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T }));
   assertClose(await gpu.read(y), matmulRef({ x, w: b.values, T, N, K }), 1e-4, "after write");
