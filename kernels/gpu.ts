@@ -42,6 +42,8 @@ export class Gpu {
   readonly maxBufferBytes: number;
   /** Required alignment of a storage binding's byte offset. */
   readonly bindAlign: number;
+  /** Bytes of storage buffers created through {@linkcode buffer} so far (device memory used). */
+  bytesAllocated = 0;
   readonly #pipelines = new Map<string, GPUComputePipeline>();
   #firstError: string | null = null;
 
@@ -86,6 +88,7 @@ export class Gpu {
           `(${this.maxBufferBytes})`,
       );
     }
+    this.bytesAllocated += size;
     return this.device.createBuffer({ size, usage: STORAGE, label });
   }
 

@@ -51,6 +51,8 @@ export interface CaptureReport {
   requests: number;
   layerSeconds: number[];
   adapter: string;
+  /** Device memory this capture allocated: one layer of weights plus activations. */
+  deviceBytes: number;
 }
 
 /** Options of {@linkcode captureLayer}. */
@@ -158,6 +160,7 @@ export async function captureLayer(
   // 3. The forward pass on the GPU.
   const gpu = opts.gpu ?? await requestGpu();
   if (!gpu) throw new GqaError("no-adapter", NO_ADAPTER_HELP);
+  const deviceBefore = gpu.bytesAllocated;
   const out = await runForward({
     gpu,
     src,
@@ -193,6 +196,7 @@ export async function captureLayer(
       requests: src.stats.requests,
       layerSeconds: out.layerSeconds,
       adapter: gpu.adapterName,
+      deviceBytes: gpu.bytesAllocated - deviceBefore,
     },
   };
 }

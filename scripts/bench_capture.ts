@@ -138,6 +138,7 @@ for (let run = 0; run < Number(values.runs); run++) {
   console.log(
     `run ${run + 1}: wall ${wall.toFixed(2)} s; per layer [${per}] s; ` +
       `read ${(cap.report.bytesFetched / 1e9).toFixed(3)} GB; ` +
+      `device memory ${(cap.report.deviceBytes / 1e9).toFixed(2)} GB; ` +
       `peak RSS ${(peakRss() / 1e9).toFixed(2)} GB`,
   );
 }

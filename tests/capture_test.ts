@@ -111,6 +111,28 @@ gpuTest("captureLayer() tokenizes the prompt with BOS and names each token", asy
 });
 
 gpuTest(
+  "captureLayer() holds one layer of weights on the device, whatever the depth",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const cap = await captureLayer({
+      model: dir,
+      layer: 3,
+      tokenIds: TOKENS,
+      gpu,
+      progress: false,
+    });
+    const layerBytes = cap.report.plan.layers[0].reduce((n, r) => n + r.end - r.begin, 0);
+    const T = TOKENS.length, { D, I } = cap.report.config;
+    const activations = 4 * T * (4 * D + 3 * I + 6 * cap.H * cap.HD); // scratch + capture, f32
+    assert(
+      cap.report.deviceBytes <= layerBytes + activations + 64 * 1024,
+      `${cap.report.deviceBytes} B on the device for 4 layers of ${layerBytes} B`,
+    );
+    assert(cap.report.deviceBytes >= layerBytes, "every weight of a layer is on the device");
+  },
+);
+
+gpuTest(
   "captureLayer(): K of token 0 does not depend on the tokens after it (causality)",
   async (gpu) => {
     const { dir } = await makeTinyModel();
