@@ -414,13 +414,19 @@ export function startMockHub(o: MockHubOptions): Promise<MockHub> {
 
   let cdnOrigin = "";
 
-  async function hubHandler(req: Request): Promise<Response> {
+  /** Counts a request at `server` and starts its log entry (never the token itself). */
+  function logRequest(server: "hub" | "cdn", req: Request) {
     const url = new URL(req.url);
     const auth = req.headers.get("authorization");
-    stats.requests++;
-    if (auth) stats.hubAuthorizationSeen++;
+    if (server === "hub") {
+      stats.requests++;
+      if (auth) stats.hubAuthorizationSeen++;
+    } else {
+      stats.cdnRequests++;
+      if (auth) stats.cdnAuthorizationSeen++;
+    }
     const log: MockRequestLog = {
-      server: "hub",
+      server,
       method: req.method,
       path: url.pathname,
       range: req.headers.get("range"),
@@ -428,6 +434,11 @@ export function startMockHub(o: MockHubOptions): Promise<MockHub> {
       auth: !!auth,
     };
     stats.log.push(log);
+    return { url, auth, log };
+  }
+
+  async function hubHandler(req: Request): Promise<Response> {
+    const { url, auth, log } = logRequest("hub", req);
     const res = await answerHub(req, url, auth, log);
     log.status = res.status;
     return res;
@@ -504,19 +515,7 @@ export function startMockHub(o: MockHubOptions): Promise<MockHub> {
   }
 
   async function cdnHandler(req: Request): Promise<Response> {
-    const url = new URL(req.url);
-    const auth = req.headers.get("authorization");
-    stats.cdnRequests++;
-    if (auth) stats.cdnAuthorizationSeen++;
-    const log: MockRequestLog = {
-      server: "cdn",
-      method: req.method,
-      path: url.pathname,
-      range: req.headers.get("range"),
-      status: 0,
-      auth: !!auth,
-    };
-    stats.log.push(log);
+    const { url, log } = logRequest("cdn", req);
     const m = /^\/cdn\/([^/]+)\/([0-9a-f]{40})\/(.+)$/.exec(url.pathname);
     let res: Response;
     const repoId = m ? decodeURIComponent(m[1]) : "";
