@@ -12,7 +12,7 @@ import { openSource } from "../model/source.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";
-import { assertClose, gpuTest } from "./_helpers.ts";
+import { assertClose, gpuTest, relL2 } from "./_helpers.ts";
 import { MOCK_REPO, MOCK_TOKEN, startMockHub } from "./mock_hub.ts";
 import { type RefConfig, referenceCapture, type RefLayer } from "./reference_llama.ts";
 
@@ -72,6 +72,7 @@ gpuTest(
   async (gpu) => {
     const { dir } = await makeTinyModel();
     const m = await loadReference(dir);
+    let worst = 0;
     for (let L = 0; L < m.cfg.layers; L++) {
       const cap = await captureLayer({
         model: dir,
@@ -93,7 +94,17 @@ gpuTest(
       assertClose(cap.kRope, ref.kRope, 1e-3, `layer ${L} k after RoPE`);
       assertClose(cap.qRope, ref.qRope, 1e-3, `layer ${L} q after RoPE`);
       assertClose(cap.v, ref.v, 1e-3, `layer ${L} v`);
+      worst = Math.max(worst, ...[
+        relL2(cap.q, ref.q),
+        relL2(cap.k, ref.k),
+        relL2(cap.kRope, ref.kRope),
+        relL2(cap.qRope, ref.qRope),
+        relL2(cap.v, ref.v),
+      ]);
     }
+    console.log(
+      `worst relative L2 error over layers 0-3, q/k/kRope/qRope/v: ${worst.toExponential(2)}`,
+    );
   },
 );
 
