@@ -109,7 +109,7 @@ type VectorKey = "inputNorm" | "postNorm" | "qBias" | "kBias" | "vBias";
  * Holds the one set of layer buffers and rewrites it for each layer. Matrices keep their
  * stored dtype; norm weights and biases are decoded to f32 on the CPU (they are tiny).
  */
-class LayerSlots {
+export class LayerSlots {
   readonly w: Partial<LayerWeights> = {};
   constructor(
     readonly gpu: Gpu,
@@ -148,6 +148,11 @@ class LayerSlots {
   }
 }
 
+/** The shapes of every layer of `cfg` for a prompt of T tokens. */
+export function layerDims(cfg: ModelConfig, T: number): LayerDims {
+  return { T, D: cfg.D, H: cfg.H, KV: cfg.KV, HD: cfg.HD, I: cfg.I, eps: cfg.eps };
+}
+
 /**
  * Runs layers 0..L-1 and the capture part of layer L on the GPU, streaming each layer's
  * weights from `src` while the previous layer computes.
@@ -156,7 +161,7 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
   const { gpu, src, config: cfg, plan, tokenIds } = a;
   const L = plan.layer;
   const T = tokenIds.length;
-  const dims: LayerDims = { T, D: cfg.D, H: cfg.H, KV: cfg.KV, HD: cfg.HD, I: cfg.I, eps: cfg.eps };
+  const dims = layerDims(cfg, T);
 
   // 1. The embedding rows of the prompt's distinct tokens (never the whole table).
   const embDtype = a.tensors.get("model.embed_tokens.weight")!.dtype as WeightDtype;

@@ -17,14 +17,8 @@ import { loadTensorIndex } from "../model/tensors.ts";
 import { planCapture } from "../model/plan.ts";
 import { requestGpu } from "../kernels/gpu.ts";
 import { make8bShaped } from "./make_8b_shaped.ts";
-import { uploadMatrix } from "../kernels/matmul.ts";
-import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
-import {
-  allocScratch,
-  decoderLayer,
-  type LayerDims,
-  type LayerWeights,
-} from "../kernels/decoder_layer.ts";
+import { allocScratch, decoderLayer, type LayerWeights } from "../kernels/decoder_layer.ts";
+import { layerDims, LayerSlots } from "../model/forward.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
@@ -76,43 +70,13 @@ console.log(
 
 // 2. Compute only: layer 0's weights uploaded once, the full layer run 3 times.
 {
-  const dims: LayerDims = {
-    T: TOKENS.length,
-    D: cfg.D,
-    H: cfg.H,
-    KV: cfg.KV,
-    HD: cfg.HD,
-    I: cfg.I,
-    eps: cfg.eps,
-  };
-  const get = async (name: string) => {
-    const t = tensors.get(`model.layers.0.${name}.weight`)!;
-    return { bytes: await src.read(t.file, t.begin, t.end), t };
-  };
-  const mat = async (name: string) => {
-    const { bytes, t } = await get(name);
-    return uploadMatrix(gpu, {
-      bytes,
-      dtype: t.dtype as WeightDtype,
-      N: t.shape[0],
-      K: t.shape[1],
-    });
-  };
-  const vec = async (name: string) => {
-    const { bytes, t } = await get(name);
-    return gpu.upload(decodeWeights(bytes, t.dtype as WeightDtype));
-  };
-  const w: LayerWeights = {
-    inputNorm: await vec("input_layernorm"),
-    q: await mat("self_attn.q_proj"),
-    k: await mat("self_attn.k_proj"),
-    v: await mat("self_attn.v_proj"),
-    o: await mat("self_attn.o_proj"),
-    postNorm: await vec("post_attention_layernorm"),
-    gate: await mat("mlp.gate_proj"),
-    up: await mat("mlp.up_proj"),
-    down: await mat("mlp.down_proj"),
-  };
+  // The same upload path as the forward pass.
+  const dims = layerDims(cfg, TOKENS.length);
+  const bytes = new Map<string, Uint8Array>();
+  for (const r of plan.layers[0]) bytes.set(r.tensor, await src.read(r.file, r.begin, r.end));
+  const slots = new LayerSlots(gpu, tensors);
+  await slots.load(0, bytes);
+  const w = slots.w as LayerWeights;
   const s = allocScratch(gpu, dims);
   const x = gpu.upload(new Float32Array(dims.T * dims.D).fill(0.01));
   const times: number[] = [];
