@@ -189,9 +189,9 @@ export function decoderLayer(gpu: Gpu, encoder: GPUCommandEncoder, a: DecoderLay
   // 3. Capture point: K exactly as it leaves k_proj (what a PyTorch forward hook sees).
   const c = a.capture;
   if (c) {
-    encoder.copyBufferToBuffer(s.q, 0, c.q, 0, T * H * HD * 4);
-    encoder.copyBufferToBuffer(s.k, 0, c.k, 0, T * KV * HD * 4);
-    encoder.copyBufferToBuffer(s.v, 0, c.v, 0, T * KV * HD * 4);
+    gpu.copy(encoder, s.q, 0, c.q, 0, T * H * HD * 4);
+    gpu.copy(encoder, s.k, 0, c.k, 0, T * KV * HD * 4);
+    gpu.copy(encoder, s.v, 0, c.v, 0, T * KV * HD * 4);
   }
 
   // 4. Rotary position embedding on q and k (rotate_half convention), in place.
@@ -199,8 +199,8 @@ export function decoderLayer(gpu: Gpu, encoder: GPUCommandEncoder, a: DecoderLay
   rope(gpu, encoder, { x: s.k, cos: s.cos, sin: s.sin, T, heads: KV, HD });
   step("rope", s.k, T * KV * HD);
   if (c) {
-    encoder.copyBufferToBuffer(s.k, 0, c.kRope, 0, T * KV * HD * 4);
-    encoder.copyBufferToBuffer(s.q, 0, c.qRope, 0, T * H * HD * 4);
+    gpu.copy(encoder, s.k, 0, c.kRope, 0, T * KV * HD * 4);
+    gpu.copy(encoder, s.q, 0, c.qRope, 0, T * H * HD * 4);
   }
   if (stop === "qkv") return;
 

@@ -18,13 +18,53 @@
 /** A buffer, or a byte range of one, to bind to a `@binding(i)`. */
 export type Binding = GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number };
 
+/**
+ * Which kernel family runs on a device: `"cpu"`, the kernels tuned for Mesa's CPU adapters
+ * (few invocations, many rows each), or `"gpu"`, the ones shaped for discrete and
+ * integrated GPUs (wide workgroups, coalesced loads, workgroup-memory tiles).
+ */
+export type KernelFamily = "cpu" | "gpu";
+
+/** Environment variable that forces a kernel family on any adapter: `gpu` or `cpu`. */
+export const KERNELS_ENV = "GQA_VIZ_KERNELS";
+
 /** Options for {@linkcode requestGpu}. */
 export interface RequestGpuOptions {
   /** Ask for `shader-f16` when the adapter has it (default true). */
   f16?: boolean;
-  /** Prefer a low-power or high-performance adapter (passed to `requestAdapter`). */
+  /** Prefer a low-power or high-performance adapter (default "high-performance"). */
   powerPreference?: GPUPowerPreference;
 }
+
+/**
+ * The family a device starts with: `GQA_VIZ_KERNELS` when set, else "gpu" on a hardware
+ * adapter and "cpu" on a fallback (software) adapter such as lavapipe or llvmpipe.
+ */
+export function defaultKernelFamily(isFallback: boolean): { family: KernelFamily; reason: string } {
+  let env: string | undefined;
+  try {
+    env = Deno.env.get(KERNELS_ENV);
+  } catch { /* no --allow-env: no override */ }
+  if (env === "gpu" || env === "cpu") {
+    return { family: env, reason: `forced by ${KERNELS_ENV}=${env}` };
+  }
+  return isFallback
+    ? { family: "cpu", reason: "fallback (software) adapter: kernels tuned for CPU threads" }
+    : { family: "gpu", reason: "hardware adapter: kernels shaped for GPU warps" };
+}
+
+/** One parameter buffer, shared by the dispatches of (about) one layer. */
+interface ParamArena {
+  buffer: GPUBuffer;
+  /** Bytes handed out so far. */
+  used: number;
+  /** Encoders recorded with a block of it and not yet finished. */
+  users: number;
+  /** No more blocks will come from it: destroy it when `users` drops to 0. */
+  full: boolean;
+}
+
+const PARAM_ARENA_BYTES = 64 * 1024;
 
 const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
@@ -44,12 +84,30 @@ export class Gpu {
   readonly bindAlign: number;
   /** Bytes of storage buffers created through {@linkcode buffer} so far (device memory used). */
   bytesAllocated = 0;
+  /** True on a software adapter (`adapter.info.isFallbackAdapter`: lavapipe, llvmpipe). */
+  readonly isFallback: boolean;
+  /** True when `timestamp-query` is enabled (kernel timing in GPU time, not wall clock). */
+  readonly hasTimestamps: boolean;
+  /** The kernel family matmul and attention use unless a call forces one. */
+  kernels: KernelFamily;
+  /** One sentence: why {@linkcode kernels} is what it is. */
+  kernelsReason: string;
   readonly #pipelines = new Map<string, GPUComputePipeline>();
   #firstError: string | null = null;
+  /** The compute pass left open on each encoder, so consecutive dispatches share one. */
+  readonly #passes = new WeakMap<GPUCommandEncoder, GPUComputePassEncoder>();
+  /** Parameter blocks: sub-allocated from one buffer, released when their encoder finishes. */
+  #arena: ParamArena | null = null;
+  readonly #arenasOf = new WeakMap<GPUCommandEncoder, Set<ParamArena>>();
 
-  constructor(device: GPUDevice, adapterName: string) {
+  constructor(device: GPUDevice, adapterName: string, isFallback = true) {
     this.device = device;
     this.adapterName = adapterName;
+    this.isFallback = isFallback;
+    this.hasTimestamps = device.features.has("timestamp-query");
+    const k = defaultKernelFamily(isFallback);
+    this.kernels = k.family;
+    this.kernelsReason = k.reason;
     this.hasF16 = device.features.has("shader-f16");
     this.maxBindingBytes = device.limits.maxStorageBufferBindingSize;
     this.maxBufferBytes = device.limits.maxBufferSize;
@@ -81,15 +139,25 @@ export class Gpu {
 
   /** An uninitialised storage buffer of `bytes` (rounded up to 4), usable as src and dst. */
   buffer(bytes: number, label?: string): GPUBuffer {
-    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
-    if (size > this.maxBufferBytes) {
-      throw new RangeError(
-        `buffer ${label ?? ""} of ${size} bytes exceeds this adapter's maxBufferSize ` +
-          `(${this.maxBufferBytes})`,
-      );
-    }
+    const size = this.checkSize(Math.max(4, Math.ceil(bytes / 4) * 4), label);
     this.bytesAllocated += size;
     return this.device.createBuffer({ size, usage: STORAGE, label });
+  }
+
+  /**
+   * Returns `bytes` if one buffer of that size may be created on this device, else throws a
+   * {@linkcode GpuError} that says which buffer and what to do. Every buffer is checked
+   * before `createBuffer`, which would otherwise fail later with a less helpful message.
+   */
+  checkSize(bytes: number, label?: string): number {
+    if (bytes > this.maxBufferBytes) {
+      throw new GpuError(
+        `The buffer "${label ?? "unnamed"}" would need ${bytes} bytes, more than this ` +
+          `adapter's maxBufferSize (${this.maxBufferBytes}) on ${this.adapterName}. Use a ` +
+          `shorter prompt or an adapter with more memory.`,
+      );
+    }
+    return bytes;
   }
 
   /** A storage buffer holding a copy of `data` (any typed array; padded to 4 bytes). */
@@ -117,6 +185,11 @@ export class Gpu {
    * on lavapipe a 117 MB matrix lands in ~60 ms instead of ~350 ms.
    */
   async writeLarge(buf: GPUBuffer, data: ArrayBufferView, offset = 0): Promise<void> {
+    if (!this.isFallback) { // a discrete driver stages through its own pool: no waits
+      this.write(buf, data, offset);
+      this.throwIfError();
+      return;
+    }
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     const PIECE = 32 << 20;
     for (let at = 0; at < bytes.byteLength; at += PIECE) {
@@ -134,20 +207,42 @@ export class Gpu {
     return this.upload(new Float32Array(n).fill(NaN), label);
   }
 
-  /** A small uniform buffer holding `words` (u32, i32 or f32 views of the same 4-byte slots). */
-  uniform(words: ArrayBufferView): GPUBuffer {
+  /**
+   * A small parameter block holding `words` (u32, i32 or f32 views of the same 4-byte
+   * slots), bound as a uniform. Blocks are not buffers of their own: they are slices, at
+   * `minUniformBufferOffsetAlignment`, of one 64 KiB parameter buffer (a layer's worth of
+   * dispatches), written in place and destroyed once every encoder that used it has been
+   * submitted through {@linkcode submit} and finished.
+   */
+  uniform(words: ArrayBufferView): Binding {
+    const align = this.device.limits.minUniformBufferOffsetAlignment;
     const size = Math.max(16, Math.ceil(words.byteLength / 16) * 16);
-    const buf = this.device.createBuffer({
-      size,
-      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-    });
-    this.write(buf, words);
-    return buf;
+    let a = this.#arena;
+    if (!a || a.used + size > a.buffer.size) {
+      if (a) a.full = true;
+      if (a && a.users === 0) a.buffer.destroy();
+      a = this.#arena = {
+        buffer: this.device.createBuffer({
+          size: this.checkSize(Math.max(PARAM_ARENA_BYTES, size), "parameters"),
+          usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+          label: "parameters",
+        }),
+        used: 0,
+        users: 0,
+        full: false,
+      };
+    }
+    const offset = a.used;
+    a.used = Math.ceil((offset + size) / align) * align;
+    this.write(a.buffer, words, offset);
+    return { buffer: a.buffer, offset, size };
   }
 
   /**
    * Records one dispatch: binds `bindings` to `@group(0) @binding(0..n-1)` in order and
-   * runs `workgroups` = [x, y?, z?] workgroups.
+   * runs `workgroups` = [x, y?, z?] workgroups. Consecutive dispatches on one encoder share
+   * one compute pass (WebGPU orders their memory accesses); {@linkcode copy},
+   * {@linkcode endPass} and {@linkcode submit} close it.
    */
   dispatch(
     encoder: GPUCommandEncoder,
@@ -157,24 +252,83 @@ export class Gpu {
   ): void {
     const bindGroup = this.device.createBindGroup({
       layout: pipeline.getBindGroupLayout(0),
-      entries: bindings.map((b, binding) => ({
-        binding,
-        resource: b instanceof GPUBuffer ? { buffer: b } : b,
-      })),
+      entries: bindings.map((b, binding) => {
+        if (!(b instanceof GPUBuffer)) this.#useArena(encoder, b.buffer);
+        return { binding, resource: b instanceof GPUBuffer ? { buffer: b } : b };
+      }),
     });
-    const pass = encoder.beginComputePass();
+    const pass = this.beginPass(encoder);
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     const [x, y = 1, z = 1] = workgroups;
     pass.dispatchWorkgroups(x, y, z);
-    pass.end();
+  }
+
+  /**
+   * The compute pass open on `encoder`, begun (with `desc`, e.g. timestamp writes) when
+   * there is none.
+   */
+  beginPass(encoder: GPUCommandEncoder, desc?: GPUComputePassDescriptor): GPUComputePassEncoder {
+    let pass = this.#passes.get(encoder);
+    if (!pass) this.#passes.set(encoder, pass = encoder.beginComputePass(desc));
+    return pass;
+  }
+
+  /** Ends the compute pass open on `encoder`, if any (before copies or `finish`). */
+  endPass(encoder: GPUCommandEncoder): void {
+    const pass = this.#passes.get(encoder);
+    if (pass) {
+      pass.end();
+      this.#passes.delete(encoder);
+    }
+  }
+
+  /** Records a buffer-to-buffer copy of `bytes`, closing the open compute pass first. */
+  copy(
+    encoder: GPUCommandEncoder,
+    src: GPUBuffer,
+    srcOffset: number,
+    dst: GPUBuffer,
+    dstOffset: number,
+    bytes: number,
+  ): void {
+    this.endPass(encoder);
+    if (bytes > 0) encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+  }
+
+  /** Ends the open pass and finishes `encoder` into a command buffer. */
+  finish(encoder: GPUCommandEncoder): GPUCommandBuffer {
+    this.endPass(encoder);
+    return encoder.finish();
   }
 
   /** Submits `encoder` and resolves once the GPU has finished it. */
   async submit(encoder: GPUCommandEncoder): Promise<void> {
-    this.device.queue.submit([encoder.finish()]);
-    await this.device.queue.onSubmittedWorkDone();
+    this.device.queue.submit([this.finish(encoder)]);
+    try {
+      await this.device.queue.onSubmittedWorkDone();
+    } finally {
+      this.#releaseArenas(encoder);
+    }
     this.throwIfError();
+  }
+
+  #useArena(encoder: GPUCommandEncoder, buf: GPUBuffer): void {
+    const a = this.#arena;
+    if (!a || a.buffer !== buf) return; // only the current arena can be newly used
+    let set = this.#arenasOf.get(encoder);
+    if (!set) this.#arenasOf.set(encoder, set = new Set());
+    if (!set.has(a)) {
+      set.add(a);
+      a.users++;
+    }
+  }
+
+  #releaseArenas(encoder: GPUCommandEncoder): void {
+    for (const a of this.#arenasOf.get(encoder) ?? []) {
+      if (--a.users === 0 && a.full) a.buffer.destroy();
+    }
+    this.#arenasOf.delete(encoder);
   }
 
   /** Runs `record` in a fresh encoder, submits it and waits. */
@@ -192,7 +346,7 @@ export class Gpu {
   /** Copies a byte range of `buf` back to the CPU. */
   async readBytes(buf: GPUBuffer, offset = 0, bytes = buf.size - offset): Promise<ArrayBuffer> {
     const staging = this.device.createBuffer({
-      size: Math.ceil(bytes / 4) * 4,
+      size: this.checkSize(Math.ceil(bytes / 4) * 4, "readback"),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
     const encoder = this.device.createCommandEncoder();
@@ -239,26 +393,70 @@ export const NO_ADAPTER_HELP =
  */
 export async function requestGpu(opts: RequestGpuOptions = {}): Promise<Gpu | null> {
   if (typeof navigator === "undefined" || !("gpu" in navigator)) return null;
-  const adapter = await navigator.gpu.requestAdapter({ powerPreference: opts.powerPreference });
+  const adapter = await navigator.gpu.requestAdapter({
+    powerPreference: opts.powerPreference ?? "high-performance",
+  });
   if (!adapter) return null;
   const wantF16 = (opts.f16 ?? true) && adapter.features.has("shader-f16");
-  const l = adapter.limits;
+  const features: GPUFeatureName[] = wantF16 ? ["shader-f16"] : [];
+  if (adapter.features.has("timestamp-query")) features.push("timestamp-query");
   const device = await adapter.requestDevice({
-    requiredFeatures: wantF16 ? ["shader-f16"] : [],
-    requiredLimits: {
-      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-      maxBufferSize: l.maxBufferSize,
-      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
-      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
-      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
-      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
-    },
+    requiredFeatures: features,
+    requiredLimits: clampLimits(adapter.limits),
   });
   const info = adapter.info;
   const name = info.description || [info.vendor, info.architecture, info.device]
     .filter(Boolean).join(" ") ||
     "unknown adapter";
-  return new Gpu(device, name);
+  return new Gpu(device, name, isFallbackAdapter(adapter));
+}
+
+/** The limits the kernels ask for, at the adapter's maximum. */
+const WANTED_LIMITS = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+] as const;
+
+/** Limits WebIDL types as `unsigned long long`; the rest are `unsigned long`. */
+const LIMITS_64 = new Set(["maxStorageBufferBindingSize", "maxBufferSize"]);
+
+/**
+ * The adapter's limits as `requiredLimits`, each clamped to what WebIDL's `[EnforceRange]`
+ * accepts (2³² − 1, or 2⁵³ − 1 for 64-bit sizes): drivers may report u64::MAX for
+ * `maxBufferSize`, which would make `requestDevice` throw a TypeError.
+ *
+ * @example
+ * ```ts
+ * import { clampLimits } from "./gpu.ts";
+ * clampLimits({ maxBufferSize: 2 ** 64 } as GPUSupportedLimits).maxBufferSize; // 2 ** 53 - 1
+ * ```
+ */
+export function clampLimits(l: GPUSupportedLimits): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of WANTED_LIMITS) {
+    const v = l[k];
+    if (typeof v !== "number" || !(v > 0)) continue;
+    out[k] = Math.min(Math.floor(v), LIMITS_64.has(k) ? Number.MAX_SAFE_INTEGER : 0xffffffff);
+  }
+  return out;
+}
+
+/**
+ * Whether `adapter` is a software (CPU) adapter: `info.isFallbackAdapter` where the
+ * implementation reports it, else Mesa's software driver names in the description.
+ */
+export function isFallbackAdapter(adapter: GPUAdapter): boolean {
+  const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
+  if (info.isFallbackAdapter) return true;
+  const a = adapter as GPUAdapter & { isFallbackAdapter?: boolean };
+  if (a.isFallbackAdapter) return true;
+  return /llvmpipe|lavapipe|softpipe|swiftshader/i.test(
+    `${info.description} ${info.device} ${info.architecture}`,
+  );
 }
 
 /** Splits a flat workgroup count into a 2-D grid that respects the 65535-per-dimension limit. */

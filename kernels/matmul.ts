@@ -373,6 +373,7 @@ function stageX(
   const rowBytes = K * 4;
   const stride = Math.ceil(rowBytes / align) * align;
   const bytes = T * stride;
+  gpu.endPass(encoder); // the copies below are encoder commands
   let buf = staging.get(gpu);
   if (!buf || buf.size < bytes) {
     buf = gpu.device.createBuffer({
