@@ -73,7 +73,8 @@
  * probe falls with T. On a real GPU both paths are ordinary memory-bound GEMV/GEMM code.
  * @module
  */
-import { type Binding, type Gpu, grid2d } from "./gpu.ts";
+import { type Binding, type Gpu, grid2d, type KernelFamily } from "./gpu.ts";
+import { gpuMatmulSupports, matmulGpu } from "./matmul_gpu.ts";
 import { DTYPE_BYTES, type WeightDtype } from "./dtype.ts";
 import { GqaError } from "../model/errors.ts";
 
@@ -106,6 +107,8 @@ export interface MatmulArgs {
   maxBindingBytes?: number;
   /** Workgroups per grid dimension (default 65535); tests set it low to exercise 2-D grids. */
   gridLimit?: number;
+  /** Force a kernel family; default `gpu.kernels` (see matmul_gpu.ts for "gpu"). */
+  family?: KernelFamily;
 }
 
 /** How one {@linkcode matmul} call is carried out (see {@linkcode planMatmul}). */
@@ -212,6 +215,10 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
       `matmul: variant "f16" was requested but this adapter (${gpu.adapterName}) has no ` +
         `shader-f16; use variant "packed" or leave it unset.`,
     );
+  }
+  // Family hook: the GPU family (matmul_gpu.ts) on hardware adapters or when forced.
+  if ((a.family ?? gpu.kernels) === "gpu" && gpuMatmulSupports(w)) {
+    return matmulGpu(gpu, encoder, a);
   }
   const plan = planMatmul(gpu, a);
   if (T * N * 4 > gpu.maxBindingBytes) {

@@ -17,7 +17,8 @@ import {
   writeMatrix,
 } from "../kernels/matmul.ts";
 import { decodeWeights, encodeWeights, type WeightDtype } from "../kernels/dtype.ts";
-import type { Gpu } from "../kernels/gpu.ts";
+import type { Gpu, KernelFamily } from "../kernels/gpu.ts";
+import { GEMV_MAX_T, planMatmulGpu } from "../kernels/matmul_gpu.ts";
 import { GqaError } from "../model/errors.ts";
 import assert from "node:assert/strict";
 
@@ -50,7 +51,10 @@ interface Case {
   variant?: MatmulVariant;
   maxBindingBytes?: number;
   gridLimit?: number;
+  family?: KernelFamily;
 }
+
+const FAMILIES: KernelFamily[] = ["cpu", "gpu"];
 
 /** Runs one case into a NaN-poisoned Y and checks every element against matmulRef. */
 async function check(gpu: Gpu, rng: Rng, c: Case): Promise<void> {
@@ -69,12 +73,13 @@ async function check(gpu: Gpu, rng: Rng, c: Case): Promise<void> {
     variant: c.variant,
     maxBindingBytes: c.maxBindingBytes,
     gridLimit: c.gridLimit,
+    family: c.family,
   };
   await gpu.run((enc) => matmul(gpu, enc, args));
   const got = await gpu.read(y, 0, T * N * 4);
   const what = `T=${T} N=${N} K=${K} ${dtype} ${c.variant ?? "default"}${c.bias ? " +bias" : ""}` +
     (c.maxBindingBytes ? ` maxBindingBytes=${c.maxBindingBytes}` : "") +
-    (c.gridLimit ? ` gridLimit=${c.gridLimit}` : "");
+    (c.gridLimit ? ` gridLimit=${c.gridLimit}` : "") + (c.family ? ` family=${c.family}` : "");
   assertClose(got, matmulRef({ x, w: w.values, T, N, K, bias }), TOL[dtype], what);
   m.buffer.destroy();
   y.destroy();
@@ -131,21 +136,25 @@ gpuTest(
 );
 
 gpuTest(
-  "matmul() matches matmulRef at awkward sizes for every dtype, variant, with and without bias",
+  "matmul() matches matmulRef at awkward sizes for every family, dtype, variant, with and without bias",
   async (gpu, rng) => {
-    // [T, N, K]: fast path (K % 8 == 0) and general path (odd K, K % 8 != 0)
+    // [T, N, K]: fast path / GEMV / GEMM (K % 8 == 0) and general path (odd K, K % 8 != 0)
     const shapes: [number, number, number][] = [
       [1, 1000, 4101], // general path, odd K: rows start mid-word for 16-bit weights
       [3, 1030, 4096], // fast path, N not a multiple of 16 rows × 16 invocations
-      [17, 1030, 72], // fast path, three token passes (8 + 8 + 1)
+      [17, 1030, 72], // fast path, three token passes (8 + 8 + 1); GEMM, partial tiles
+      [7, 45, 520], // GEMV: 7 tokens, K one step past a 512 tile
+      [1, 9, 8], // GEMV: one k-step, rows past the end of the last workgroup
       [5, 33, 37], // general path, tiny odd K
       [2, 9, 6], // general path, K even but not a multiple of 8
     ];
-    for (const [T, N, K] of shapes) {
-      for (const dtype of DTYPES) {
-        for (const variant of dtype === "F16" ? variantsOf(gpu) : ["packed" as const]) {
-          for (const bias of [false, true]) {
-            await check(gpu, rng, { T, N, K, dtype, bias, variant });
+    for (const family of FAMILIES) {
+      for (const [T, N, K] of shapes) {
+        for (const dtype of DTYPES) {
+          for (const variant of dtype === "F16" ? variantsOf(gpu) : ["packed" as const]) {
+            for (const bias of [false, true]) {
+              await check(gpu, rng, { T, N, K, dtype, bias, variant, family });
+            }
           }
         }
       }
@@ -153,11 +162,33 @@ gpuTest(
   },
 );
 
-gpuTest("matmul() handles T up to 512 (passes of tokens)", async (gpu, rng) => {
-  await check(gpu, rng, { T: 512, N: 40, K: 64, dtype: "BF16", bias: true });
-  await check(gpu, rng, { T: 300, N: 21, K: 63, dtype: "F16", bias: false });
-  await check(gpu, rng, { T: 129, N: 50, K: 128, dtype: "F32", bias: true });
+gpuTest("matmul() handles T up to 600 (passes of tokens, GEMM tiles)", async (gpu, rng) => {
+  for (const family of FAMILIES) {
+    await check(gpu, rng, { T: 600, N: 40, K: 64, dtype: "BF16", bias: true, family });
+    await check(gpu, rng, { T: 300, N: 21, K: 63, dtype: "F16", bias: false, family });
+    await check(gpu, rng, { T: 129, N: 50, K: 128, dtype: "F32", bias: true, family });
+  }
 });
+
+gpuTest(
+  "matmul() GPU family binds X and Y as token windows when Y exceeds one binding",
+  async (gpu, rng) => {
+    const c: Case = {
+      T: 200,
+      N: 72,
+      K: 64,
+      dtype: "BF16",
+      bias: true,
+      family: "gpu",
+      maxBindingBytes: 20000,
+    };
+    const plan = planMatmulGpu(gpu, { ...c, w: { buffer: {} as GPUBuffer, ...c } });
+    assert.deepEqual(plan.windows.map((w) => w.tokens), [64, 64, 64, 8]);
+    assert.deepEqual(plan.kind, "gemm");
+    await check(gpu, rng, c);
+    await check(gpu, rng, { ...c, T: GEMV_MAX_T, maxBindingBytes: 1000, dtype: "F32" });
+  },
+);
 
 gpuTest(
   "matmul() splits weights larger than maxBindingBytes into aligned row chunks",
@@ -168,9 +199,14 @@ gpuTest(
       { T: 9, N: 64, K: 64, dtype: "F32", bias: false, maxBindingBytes: 2048 }, // fast, 2 passes
     ];
     if (gpu.hasF16) cases.push({ ...cases[0], dtype: "F16", variant: "f16" });
+    cases.push(
+      ...cases.filter((c) => c.K % 8 === 0).map((c) => ({ ...c, family: "gpu" as const })),
+    );
     for (const c of cases) {
       const w = { buffer: {} as GPUBuffer, dtype: c.dtype, N: c.N, K: c.K };
-      const plan = planMatmul(gpu, { ...c, w });
+      const plan = c.family === "gpu"
+        ? planMatmulGpu(gpu, { ...c, w })
+        : planMatmul(gpu, { ...c, w });
       if (plan.chunks.length < 2) throw new Error(`no split for ${JSON.stringify(c)}`);
       for (const ch of plan.chunks) {
         if (ch.offset % gpu.bindAlign !== 0 || ch.size > c.maxBindingBytes!) {
@@ -185,8 +221,35 @@ gpuTest(
 gpuTest(
   "matmul() spreads workgroups over a 2-D grid when one dimension is full",
   async (gpu, rng) => {
-    await check(gpu, rng, { T: 2, N: 1000, K: 64, dtype: "BF16", bias: true, gridLimit: 3 });
-    await check(gpu, rng, { T: 2, N: 1000, K: 65, dtype: "F32", bias: false, gridLimit: 2 });
+    for (const family of FAMILIES) {
+      await check(gpu, rng, {
+        T: 2,
+        N: 1000,
+        K: 64,
+        dtype: "BF16",
+        bias: true,
+        gridLimit: 3,
+        family,
+      });
+      await check(gpu, rng, {
+        T: 2,
+        N: 1000,
+        K: 65,
+        dtype: "F32",
+        bias: false,
+        gridLimit: 2,
+        family,
+      });
+      await check(gpu, rng, {
+        T: 70,
+        N: 1000,
+        K: 64,
+        dtype: "F16",
+        bias: true,
+        gridLimit: 3,
+        family,
+      });
+    }
   },
 );
 
@@ -211,5 +274,7 @@ gpuTest("matmul() matches matmulRef at Llama-3-8B shapes", async (gpu, rng) => {
     { T: 1, N: 4096, K: 14336, dtype: "BF16", bias: false }, // down_proj
     { T: 1, N: 14336, K: 4096, dtype: "F32", bias: false }, // up_proj in F32: split
   ];
-  for (const c of cases) await check(gpu, rng, c);
+  for (const c of cases) {
+    for (const family of FAMILIES) await check(gpu, rng, { ...c, family });
+  }
 });
