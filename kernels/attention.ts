@@ -26,7 +26,8 @@
  * llvmpipe, where wgpu zero-initialises such arrays element by element.
  * @module
  */
-import { type Gpu, grid2d } from "./gpu.ts";
+import { type Gpu, grid2d, type KernelFamily } from "./gpu.ts";
+import { attentionTiled } from "./attention_tiled.ts";
 
 const WG = 64;
 
@@ -94,6 +95,10 @@ export interface AttentionArgs {
   H: number;
   KV: number;
   HD: number;
+  /** Force a kernel family; default `gpu.kernels` ("gpu": attention_tiled.ts). */
+  family?: KernelFamily;
+  /** Position of the first query (query windows of a long prompt; tiled kernel only). */
+  qPos0?: number;
 }
 
 /**
@@ -105,6 +110,8 @@ export interface AttentionArgs {
  * ```
  */
 export function attention(gpu: Gpu, encoder: GPUCommandEncoder, a: AttentionArgs): void {
+  // Family hook: tiles on GPUs (or when forced), and for query windows (qPos0 > 0).
+  if ((a.family ?? gpu.kernels) === "gpu" || a.qPos0) return attentionTiled(gpu, encoder, a);
   const { T, H, KV, HD } = a;
   if (!(KV > 0 && H % KV === 0)) {
     throw new RangeError(`attention: H=${H} must be a multiple of KV=${KV}`);

@@ -5,7 +5,9 @@
  */
 import { assertClose, gpuTest, type Rng } from "./_helpers.ts";
 import { attention, attentionRef } from "../kernels/attention.ts";
-import type { Gpu } from "../kernels/gpu.ts";
+import type { Gpu, KernelFamily } from "../kernels/gpu.ts";
+
+const FAMILIES: KernelFamily[] = ["cpu", "gpu"];
 
 interface Problem {
   q: Float32Array; // (T, H*HD)
@@ -23,11 +25,13 @@ function randomProblem(rng: Rng, T: number, H: number, KV: number, HD: number): 
 }
 
 /** Runs attention() into a NaN-poisoned output and reads it back. */
-async function gpuAttention(gpu: Gpu, p: Problem): Promise<Float32Array> {
+async function gpuAttention(gpu: Gpu, p: Problem, family?: KernelFamily): Promise<Float32Array> {
   const out = gpu.poisoned(p.T * p.H * p.HD);
   const [q, k, v] = [gpu.upload(p.q), gpu.upload(p.k), gpu.upload(p.v)];
-  await gpu.run((enc) => attention(gpu, enc, { ...p, q, k, v, out }));
-  return await gpu.read(out);
+  await gpu.run((enc) => attention(gpu, enc, { ...p, q, k, v, out, family }));
+  const got = await gpu.read(out);
+  for (const b of [q, k, v, out]) b.destroy();
+  return got;
 }
 
 Deno.test("attentionRef() matches a causal softmax computed by hand", () => {
@@ -46,11 +50,13 @@ gpuTest("attention() at T=1 returns KV head floor(h/(H/KV)) for query head h", a
   // One token: softmax over one key is 1, so out[0, h] = v[0, g(h)] exactly. H=8, KV=2:
   // heads 0..3 read KV head 0 and heads 4..7 KV head 1 (h % KV would interleave them).
   const p = randomProblem(rng, 1, 8, 2, 24);
-  const out = await gpuAttention(gpu, p);
-  for (let h = 0; h < 8; h++) {
-    const g = Math.floor(h / 4);
-    const want = p.v.subarray(g * 24, g * 24 + 24);
-    assertClose(out.subarray(h * 24, h * 24 + 24), want, 1e-7, `head ${h} -> KV head ${g}`);
+  for (const family of FAMILIES) {
+    const out = await gpuAttention(gpu, p, family);
+    for (let h = 0; h < 8; h++) {
+      const g = Math.floor(h / 4);
+      const want = p.v.subarray(g * 24, g * 24 + 24);
+      assertClose(out.subarray(h * 24, h * 24 + 24), want, 1e-7, `${family}: head ${h} -> ${g}`);
+    }
   }
 });
 
@@ -65,15 +71,19 @@ gpuTest("attention() matches attentionRef at awkward T for GQA, MHA and MQA", as
     [17, 4, 4, 128],
     [66, 2, 1, 256],
     [130, 8, 2, 24],
+    [7, 4, 2, 6], // HD 6: the last lane of the tiled kernel owns one dimension fewer
+    [600, 4, 1, 64], // many key tiles and query tiles
   ];
-  for (const [T, H, KV, HD] of cases) {
-    const p = randomProblem(rng, T, H, KV, HD);
-    assertClose(
-      await gpuAttention(gpu, p),
-      attentionRef(p),
-      1e-5,
-      `T=${T} H=${H} KV=${KV} HD=${HD}`,
-    );
+  for (const family of FAMILIES) {
+    for (const [T, H, KV, HD] of cases) {
+      const p = randomProblem(rng, T, H, KV, HD);
+      assertClose(
+        await gpuAttention(gpu, p, family),
+        attentionRef(p),
+        1e-5,
+        `${family}: T=${T} H=${H} KV=${KV} HD=${HD}`,
+      );
+    }
   }
 });
 
@@ -81,14 +91,18 @@ gpuTest(
   "attention() matches attentionRef at Llama-3-8B sizes (H=32, KV=8, HD=128)",
   async (gpu, rng) => {
     const p = randomProblem(rng, 19, 32, 8, 128);
-    assertClose(await gpuAttention(gpu, p), attentionRef(p), 1e-5, "T=19 H=32 KV=8 HD=128");
+    for (const family of FAMILIES) {
+      assertClose(await gpuAttention(gpu, p, family), attentionRef(p), 1e-5, `${family}: T=19`);
+    }
   },
 );
 
 gpuTest("attention() handles a long sequence (T=4096) with an online softmax", async (gpu, rng) => {
   // Few, narrow heads keep the float64 reference quick; the kernel holds nothing T-sized.
   const p = randomProblem(rng, 4096, 2, 1, 8);
-  assertClose(await gpuAttention(gpu, p), attentionRef(p), 1e-5, "T=4096 H=2 KV=1 HD=8");
+  for (const family of FAMILIES) {
+    assertClose(await gpuAttention(gpu, p, family), attentionRef(p), 1e-5, `${family}: T=4096`);
+  }
 });
 
 gpuTest("attention() stays finite and accurate with scores in the hundreds", async (gpu, rng) => {
@@ -116,8 +130,10 @@ gpuTest("attention() stays finite and accurate with scores in the hundreds", asy
     for (let h = 0; h < H; h++) high.q[(t * H + h) * HD] = 64;
     for (let g = 0; g < KV; g++) high.k[(t * KV + g) * HD] = 64;
   }
-  for (const [name, p] of [["spread", wide], ["offset", high]] as const) {
-    assertClose(await gpuAttention(gpu, p), attentionRef(p), 1e-5, name);
+  for (const family of FAMILIES) {
+    for (const [name, p] of [["spread", wide], ["offset", high]] as const) {
+      assertClose(await gpuAttention(gpu, p, family), attentionRef(p), 1e-5, `${family}: ${name}`);
+    }
   }
 });
 
@@ -130,7 +146,44 @@ gpuTest(
     b.q.set(rng.normals((T - cut) * H * HD), cut * H * HD);
     b.k.set(rng.normals((T - cut) * KV * HD), cut * KV * HD);
     b.v.set(rng.normals((T - cut) * KV * HD), cut * KV * HD);
-    const [outA, outB] = [await gpuAttention(gpu, a), await gpuAttention(gpu, b)];
+    for (const family of FAMILIES) await causalCheck(gpu, rng, family);
+  },
+);
+
+gpuTest(
+  "attention() over query windows (qPos0) matches attention over the whole prompt",
+  async (gpu, rng) => {
+    const T = 75, H = 4, KV = 2, HD = 24, cut = 33;
+    const p = randomProblem(rng, T, H, KV, HD);
+    const want = attentionRef(p);
+    const [q, k, v] = [gpu.upload(p.q), gpu.upload(p.k), gpu.upload(p.v)];
+    const out = gpu.poisoned(T * H * HD);
+    const part = (t0: number, n: number) => {
+      const qc = gpu.upload(p.q.subarray(t0 * H * HD, (t0 + n) * H * HD));
+      const oc = gpu.poisoned(n * H * HD);
+      return { qc, oc, t0, n };
+    };
+    const parts = [part(0, cut), part(cut, T - cut)];
+    await gpu.run((enc) => {
+      for (const c of parts) {
+        attention(gpu, enc, { q: c.qc, k, v, out: c.oc, T: c.n, H, KV, HD, qPos0: c.t0 });
+        gpu.copy(enc, c.oc, 0, out, c.t0 * H * HD * 4, c.n * H * HD * 4);
+      }
+    });
+    assertClose(await gpu.read(out), want, 1e-5, "two query windows");
+    for (const b of [q, k, v, out, ...parts.flatMap((c) => [c.qc, c.oc])]) b.destroy();
+  },
+);
+
+async function causalCheck(gpu: Gpu, rng: Rng, family: KernelFamily): Promise<void> {
+  {
+    const T = 37, H = 4, KV = 2, HD = 64, cut = 20;
+    const a = randomProblem(rng, T, H, KV, HD);
+    const b = { ...a, q: a.q.slice(), k: a.k.slice(), v: a.v.slice() };
+    b.q.set(rng.normals((T - cut) * H * HD), cut * H * HD);
+    b.k.set(rng.normals((T - cut) * KV * HD), cut * KV * HD);
+    b.v.set(rng.normals((T - cut) * KV * HD), cut * KV * HD);
+    const [outA, outB] = [await gpuAttention(gpu, a, family), await gpuAttention(gpu, b, family)];
     const n = cut * H * HD;
     for (let i = 0; i < n; i++) {
       if (!Object.is(outA[i], outB[i])) {
@@ -145,6 +198,6 @@ gpuTest(
         "later tokens had no effect",
       );
     }
-    assertClose(outB, attentionRef(b), 1e-5, "after the change");
-  },
-);
+    assertClose(outB, attentionRef(b), 1e-5, `${family}: after the change`);
+  }
+}
