@@ -22,7 +22,7 @@
  * Q and K after RoPE, and V into capture buffers: that is all the GQA picture needs from layer L.
  * @module
  */
-import type { Gpu } from "./gpu.ts";
+import { type Gpu, GpuError } from "./gpu.ts";
 import { type GpuMatrix, matmul } from "./matmul.ts";
 import { rmsnorm } from "./rmsnorm.ts";
 import { rope } from "./rope.ts";
@@ -69,19 +69,103 @@ export interface LayerWeights {
   down?: GpuMatrix; //               (D, I)
 }
 
-/** Activation buffers for one layer, allocated once and reused by every layer. */
+/**
+ * Activation buffers for one layer, allocated once and reused by every layer.
+ *
+ * Long prompts run in token chunks of `Tc` tokens, so that no binding exceeds the adapter's
+ * `maxStorageBufferBindingSize` (a (T, I) MLP activation of Llama-3-8B passes 128 MiB at
+ * T ≈ 2,340). Every step but attention is token-local, so a chunk's rows go through the
+ * norm, the projections, RoPE and the MLP on their own; attention reads the whole K and V
+ * with the chunk's queries placed at their positions (qPos0). With one chunk (Tc = T, every
+ * prompt that fits) the chunk buffers *are* the full ones and no copies are made.
+ */
 export interface LayerScratch {
-  xn: GPUBuffer; //    (T, D)      normalised input of attention, then of the MLP
+  /** Tokens per chunk (= T unless the prompt exceeds one binding). */
+  Tc: number;
+  xn: GPUBuffer; //    (Tc, D)     normalised input of attention, then of the MLP
   q: GPUBuffer; //     (T, H*HD)
   k: GPUBuffer; //     (T, KV*HD)
   v: GPUBuffer; //     (T, KV*HD)
-  attn: GPUBuffer; //  (T, H*HD)   attention output before o_proj
-  out: GPUBuffer; //   (T, D)      o_proj output, then down_proj output
-  gate: GPUBuffer; //  (T, I)
-  up: GPUBuffer; //    (T, I)
-  act: GPUBuffer; //   (T, I)      silu(gate) * up
+  attn: GPUBuffer; //  (Tc, H*HD)  attention output before o_proj
+  out: GPUBuffer; //   (Tc, D)     o_proj output, then down_proj output
+  gate: GPUBuffer; //  (Tc, I)
+  up: GPUBuffer; //    (Tc, I)
+  act: GPUBuffer; //   (Tc, I)     silu(gate) * up
   cos: GPUBuffer; //   (T, HD/2)   RoPE tables for positions 0..T-1 (+ offset)
   sin: GPUBuffer; //   (T, HD/2)
+  /** Chunk copies when Tc < T (else the full buffers above and `x` itself). */
+  chunk?: {
+    x: GPUBuffer; //   (Tc, D)     the chunk's rows of the residual stream
+    q: GPUBuffer; //   (Tc, H*HD)
+    k: GPUBuffer; //   (Tc, KV*HD)
+    v: GPUBuffer; //   (Tc, KV*HD)
+    cos: GPUBuffer; // (Tc, HD/2)
+    sin: GPUBuffer; // (Tc, HD/2)
+  };
+}
+
+/** Options of {@linkcode allocScratch}. */
+export interface ScratchOptions {
+  /** Bytes one chunk buffer may hold (default and maximum `gpu.maxBindingBytes`); tests set it low. */
+  maxBindingBytes?: number;
+}
+
+/**
+ * Tokens per chunk for `dims`: T when every (T, width) activation fits in `limit` bytes,
+ * else the largest multiple of 64 that does (64-token steps keep binding offsets aligned).
+ */
+export function tokensPerChunk(dims: LayerDims, limit: number): number {
+  const { T, D, H, HD, I } = dims;
+  const widest = Math.max(D, H * HD, I) * 4;
+  if (T * widest <= limit) return T;
+  const Tc = Math.floor(limit / widest / 64) * 64;
+  if (Tc < 1) {
+    throw new RangeError(`decoderLayer: 64 tokens of ${widest} bytes exceed a binding of ${limit}`);
+  }
+  return Tc;
+}
+
+/** Allocates the scratch buffers for `dims`; `cos`/`sin` are uploaded by the caller. */
+export function allocScratch(gpu: Gpu, dims: LayerDims, opts: ScratchOptions = {}): LayerScratch {
+  const { T, D, H, KV, HD, I } = dims;
+  const limit = Math.min(opts.maxBindingBytes ?? gpu.maxBindingBytes, gpu.maxBindingBytes);
+  const Tc = tokensPerChunk(dims, limit);
+  if (T * KV * HD * 4 > gpu.maxBindingBytes) {
+    throw new GpuError(
+      `A prompt of ${T} tokens needs K and V of ${T * KV * HD * 4} bytes each, more than one ` +
+        `storage binding (${gpu.maxBindingBytes} bytes) on ${gpu.adapterName}; attention ` +
+        `reads all keys at once. Use a shorter prompt.`,
+    );
+  }
+  const f = (n: number, label: string) => gpu.buffer(n * 4, label);
+  return {
+    Tc,
+    xn: f(Tc * D, "xn"),
+    q: f(T * H * HD, "q"),
+    k: f(T * KV * HD, "k"),
+    v: f(T * KV * HD, "v"),
+    attn: f(Tc * H * HD, "attn"),
+    out: f(Tc * D, "out"),
+    gate: f(Tc * I, "gate"),
+    up: f(Tc * I, "up"),
+    act: f(Tc * I, "act"),
+    cos: f(T * HD / 2, "cos"),
+    sin: f(T * HD / 2, "sin"),
+    chunk: Tc === T ? undefined : {
+      x: f(Tc * D, "x chunk"),
+      q: f(Tc * H * HD, "q chunk"),
+      k: f(Tc * KV * HD, "k chunk"),
+      v: f(Tc * KV * HD, "v chunk"),
+      cos: f(Tc * HD / 2, "cos chunk"),
+      sin: f(Tc * HD / 2, "sin chunk"),
+    },
+  };
+}
+
+/** Destroys every buffer of `s` (scratch is per prompt length). */
+export function destroyScratch(s: LayerScratch): void {
+  const { Tc: _, chunk, ...bufs } = s;
+  for (const b of [...Object.values(bufs), ...Object.values(chunk ?? {})]) b.destroy();
 }
 
 /** Buffers that receive the captured tensors at the capture layer. */
@@ -91,25 +175,6 @@ export interface CaptureBuffers {
   kRope: GPUBuffer; // (T, KV*HD)  after RoPE
   qRope: GPUBuffer; // (T, H*HD)   after RoPE
   v: GPUBuffer; //     (T, KV*HD)
-}
-
-/** Allocates the scratch buffers for `dims`; `cos`/`sin` are uploaded by the caller. */
-export function allocScratch(gpu: Gpu, dims: LayerDims): LayerScratch {
-  const { T, D, H, KV, HD, I } = dims;
-  const f = (n: number, label: string) => gpu.buffer(n * 4, label);
-  return {
-    xn: f(T * D, "xn"),
-    q: f(T * H * HD, "q"),
-    k: f(T * KV * HD, "k"),
-    v: f(T * KV * HD, "v"),
-    attn: f(T * H * HD, "attn"),
-    out: f(T * D, "out"),
-    gate: f(T * I, "gate"),
-    up: f(T * I, "up"),
-    act: f(T * I, "act"),
-    cos: f(T * HD / 2, "cos"),
-    sin: f(T * HD / 2, "sin"),
-  };
 }
 
 /** Allocates capture buffers for `dims`. */
@@ -168,71 +233,135 @@ export interface DecoderLayerArgs {
  * ```
  */
 export function decoderLayer(gpu: Gpu, encoder: GPUCommandEncoder, a: DecoderLayerArgs): void {
-  const { dims, w, x, s, check } = a;
-  const { T, D, H, KV, HD, I, eps } = dims;
-  const stop = a.stop ?? "full";
-  const step = (name: (typeof LAYER_STEPS)[number], buf: GPUBuffer, n: number) =>
-    check && finiteCheck(gpu, encoder, { check, step: LAYER_STEPS.indexOf(name), x: buf, n });
-
-  // 1. Attention input: xn = rmsnorm(x) · input_layernorm
-  rmsnorm(gpu, encoder, { x, w: w.inputNorm, y: s.xn, T, D, eps });
-  step("input_layernorm", s.xn, T * D);
-
-  // 2. Projections. GQA shows here: q has H heads, k and v only KV heads.
-  matmul(gpu, encoder, { x: s.xn, w: w.q, y: s.q, T, bias: w.qBias }); // (T, H*HD)
-  step("q_proj", s.q, T * H * HD);
-  matmul(gpu, encoder, { x: s.xn, w: w.k, y: s.k, T, bias: w.kBias }); // (T, KV*HD)
-  step("k_proj", s.k, T * KV * HD);
-  matmul(gpu, encoder, { x: s.xn, w: w.v, y: s.v, T, bias: w.vBias }); // (T, KV*HD)
-  step("v_proj", s.v, T * KV * HD);
-
-  // 3. Capture point: K exactly as it leaves k_proj (what a PyTorch forward hook sees).
-  const c = a.capture;
-  if (c) {
-    gpu.copy(encoder, s.q, 0, c.q, 0, T * H * HD * 4);
-    gpu.copy(encoder, s.k, 0, c.k, 0, T * KV * HD * 4);
-    gpu.copy(encoder, s.v, 0, c.v, 0, T * KV * HD * 4);
-  }
-
-  // 4. Rotary position embedding on q and k (rotate_half convention), in place.
-  rope(gpu, encoder, { x: s.q, cos: s.cos, sin: s.sin, T, heads: H, HD });
-  rope(gpu, encoder, { x: s.k, cos: s.cos, sin: s.sin, T, heads: KV, HD });
-  step("rope", s.k, T * KV * HD);
-  if (c) {
-    gpu.copy(encoder, s.k, 0, c.kRope, 0, T * KV * HD * 4);
-    gpu.copy(encoder, s.q, 0, c.qRope, 0, T * H * HD * 4);
-  }
-  if (stop === "qkv") return;
-
+  const { T } = a.dims;
+  const Tc = a.s.Tc;
+  for (let t0 = 0; t0 < T; t0 += Tc) projectChunk(gpu, encoder, a, t0, Math.min(Tc, T - t0));
+  if ((a.stop ?? "full") === "qkv") return;
+  const { w } = a;
   if (!w.o || !w.postNorm || !w.gate || !w.up || !w.down) {
     throw new Error("decoderLayer: a full layer needs o, postNorm, gate, up and down weights");
   }
+  for (let t0 = 0; t0 < T; t0 += Tc) {
+    attendAndMlpChunk(gpu, encoder, a, t0, Math.min(Tc, T - t0));
+  }
+}
+
+type StepName = (typeof LAYER_STEPS)[number];
+
+function stepper(gpu: Gpu, encoder: GPUCommandEncoder, check?: FiniteCheck) {
+  return (name: StepName, buf: GPUBuffer, n: number) =>
+    check && finiteCheck(gpu, encoder, { check, step: LAYER_STEPS.indexOf(name), x: buf, n });
+}
+
+/** Copies rows [t0, t0 + n) of width `width` f32 between a full and a chunk buffer. */
+function rows(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  dir: "in" | "out",
+  full: GPUBuffer,
+  chunk: GPUBuffer,
+  r: { t0: number; n: number; width: number },
+): void {
+  if (full === chunk) return;
+  const off = r.t0 * r.width * 4, bytes = r.n * r.width * 4;
+  if (dir === "in") gpu.copy(encoder, full, off, chunk, 0, bytes);
+  else gpu.copy(encoder, chunk, 0, full, off, bytes);
+}
+
+/** Steps 1-4 for tokens [t0, t0 + n): input norm, q/k/v, capture, RoPE; K and V stored. */
+function projectChunk(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  a: DecoderLayerArgs,
+  t0: number,
+  n: number,
+): void {
+  const { dims, w, s } = a;
+  const { D, H, KV, HD, eps } = dims;
+  const step = stepper(gpu, encoder, a.check);
+  const c = s.chunk;
+  const x = c?.x ?? a.x, q = c?.q ?? s.q, k = c?.k ?? s.k, v = c?.v ?? s.v;
+  rows(gpu, encoder, "in", a.x, x, { t0, n, width: D });
+
+  // 1. Attention input: xn = rmsnorm(x) · input_layernorm
+  rmsnorm(gpu, encoder, { x, w: w.inputNorm, y: s.xn, T: n, D, eps });
+  step("input_layernorm", s.xn, n * D);
+
+  // 2. Projections. GQA shows here: q has H heads, k and v only KV heads.
+  matmul(gpu, encoder, { x: s.xn, w: w.q, y: q, T: n, bias: w.qBias }); // (T, H*HD)
+  step("q_proj", q, n * H * HD);
+  matmul(gpu, encoder, { x: s.xn, w: w.k, y: k, T: n, bias: w.kBias }); // (T, KV*HD)
+  step("k_proj", k, n * KV * HD);
+  matmul(gpu, encoder, { x: s.xn, w: w.v, y: v, T: n, bias: w.vBias }); // (T, KV*HD)
+  step("v_proj", v, n * KV * HD);
+
+  // 3. Capture point: K exactly as it leaves k_proj (what a PyTorch forward hook sees).
+  const cap = a.capture;
+  if (cap) {
+    gpu.copy(encoder, q, 0, cap.q, t0 * H * HD * 4, n * H * HD * 4);
+    gpu.copy(encoder, k, 0, cap.k, t0 * KV * HD * 4, n * KV * HD * 4);
+    gpu.copy(encoder, v, 0, cap.v, t0 * KV * HD * 4, n * KV * HD * 4);
+  }
+
+  // 4. Rotary position embedding on q and k (rotate_half convention), in place.
+  const cos = c?.cos ?? s.cos, sin = c?.sin ?? s.sin;
+  rows(gpu, encoder, "in", s.cos, cos, { t0, n, width: HD / 2 });
+  rows(gpu, encoder, "in", s.sin, sin, { t0, n, width: HD / 2 });
+  rope(gpu, encoder, { x: q, cos, sin, T: n, heads: H, HD });
+  rope(gpu, encoder, { x: k, cos, sin, T: n, heads: KV, HD });
+  step("rope", k, n * KV * HD);
+  if (cap) {
+    gpu.copy(encoder, k, 0, cap.kRope, t0 * KV * HD * 4, n * KV * HD * 4);
+    gpu.copy(encoder, q, 0, cap.qRope, t0 * H * HD * 4, n * H * HD * 4);
+  }
+  rows(gpu, encoder, "out", s.q, q, { t0, n, width: H * HD });
+  rows(gpu, encoder, "out", s.k, k, { t0, n, width: KV * HD });
+  rows(gpu, encoder, "out", s.v, v, { t0, n, width: KV * HD });
+}
+
+/** Steps 5-9 for tokens [t0, t0 + n): attention over keys 0..t, o_proj, MLP, residuals. */
+function attendAndMlpChunk(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  a: DecoderLayerArgs,
+  t0: number,
+  n: number,
+): void {
+  const { dims, s } = a;
+  const w = a.w as Required<LayerWeights>;
+  const { D, H, KV, HD, I, eps } = dims;
+  const step = stepper(gpu, encoder, a.check);
+  const c = s.chunk;
+  const x = c?.x ?? a.x, q = c?.q ?? s.q;
+  rows(gpu, encoder, "in", s.q, q, { t0, n, width: H * HD });
 
   // 5. Causal attention; query head h reads KV head floor(h / (H/KV)) — no copies of K/V.
-  attention(gpu, encoder, { q: s.q, k: s.k, v: s.v, out: s.attn, T, H, KV, HD });
-  step("attention", s.attn, T * H * HD);
+  attention(gpu, encoder, { q, k: s.k, v: s.v, out: s.attn, T: n, H, KV, HD, qPos0: t0 });
+  step("attention", s.attn, n * H * HD);
 
   // 6. Output projection and the first residual: x += attn · Woᵀ
-  matmul(gpu, encoder, { x: s.attn, w: w.o, y: s.out, T }); // (T, D)
-  step("o_proj", s.out, T * D);
-  add(gpu, encoder, { x, y: s.out, n: T * D });
-  step("attention residual", x, T * D);
+  matmul(gpu, encoder, { x: s.attn, w: w.o, y: s.out, T: n }); // (T, D)
+  step("o_proj", s.out, n * D);
+  rows(gpu, encoder, "in", a.x, x, { t0, n, width: D });
+  add(gpu, encoder, { x, y: s.out, n: n * D });
+  step("attention residual", x, n * D);
 
   // 7. MLP input: xn = rmsnorm(x) · post_attention_layernorm
-  rmsnorm(gpu, encoder, { x, w: w.postNorm, y: s.xn, T, D, eps });
-  step("post_attention_layernorm", s.xn, T * D);
+  rmsnorm(gpu, encoder, { x, w: w.postNorm, y: s.xn, T: n, D, eps });
+  step("post_attention_layernorm", s.xn, n * D);
 
   // 8. SwiGLU MLP: act = silu(xn · Wgateᵀ) ⊙ (xn · Wupᵀ)   (T, I)
-  matmul(gpu, encoder, { x: s.xn, w: w.gate, y: s.gate, T });
-  step("gate_proj", s.gate, T * I);
-  matmul(gpu, encoder, { x: s.xn, w: w.up, y: s.up, T });
-  step("up_proj", s.up, T * I);
-  swiglu(gpu, encoder, { gate: s.gate, up: s.up, out: s.act, n: T * I });
-  step("silu(gate)*up", s.act, T * I);
+  matmul(gpu, encoder, { x: s.xn, w: w.gate, y: s.gate, T: n });
+  step("gate_proj", s.gate, n * I);
+  matmul(gpu, encoder, { x: s.xn, w: w.up, y: s.up, T: n });
+  step("up_proj", s.up, n * I);
+  swiglu(gpu, encoder, { gate: s.gate, up: s.up, out: s.act, n: n * I });
+  step("silu(gate)*up", s.act, n * I);
 
   // 9. Down projection and the second residual: x += act · Wdownᵀ
-  matmul(gpu, encoder, { x: s.act, w: w.down, y: s.out, T }); // (T, D)
-  step("down_proj", s.out, T * D);
-  add(gpu, encoder, { x, y: s.out, n: T * D });
-  step("mlp residual", x, T * D);
+  matmul(gpu, encoder, { x: s.act, w: w.down, y: s.out, T: n }); // (T, D)
+  step("down_proj", s.out, n * D);
+  add(gpu, encoder, { x, y: s.out, n: n * D });
+  step("mlp residual", x, n * D);
+  rows(gpu, encoder, "out", a.x, x, { t0, n, width: D });
 }

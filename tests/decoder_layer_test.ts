@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { encodeWeights, roundTo, type WeightDtype } from "../kernels/dtype.ts";
-import type { Gpu } from "../kernels/gpu.ts";
+import type { Gpu, KernelFamily } from "../kernels/gpu.ts";
 import { uploadMatrix } from "../kernels/matmul.ts";
 import { ropeTables } from "../kernels/rope.ts";
 import {
@@ -81,13 +81,34 @@ function uploadLayer(gpu: Gpu, w: RefLayer, dtype: WeightDtype): LayerWeights {
 async function runLayer(
   gpu: Gpu,
   rng: Rng,
-  a: { T: number; dtype: WeightDtype; bias: boolean },
+  a: {
+    T: number;
+    dtype: WeightDtype;
+    bias: boolean;
+    family: KernelFamily;
+    maxBindingBytes?: number;
+  },
+) {
+  const before = gpu.kernels;
+  gpu.kernels = a.family; // what GQA_VIZ_KERNELS does for a whole run
+  try {
+    return await runLayerOnce(gpu, rng, a);
+  } finally {
+    gpu.kernels = before;
+  }
+}
+
+async function runLayerOnce(
+  gpu: Gpu,
+  rng: Rng,
+  a: { T: number; dtype: WeightDtype; bias: boolean; maxBindingBytes?: number },
 ) {
   const dims: LayerDims = { ...CFG, T: a.T };
   const wRef = randomLayer(rng, a.dtype, a.bias);
   const x0 = rng.normals(a.T * CFG.D);
   const w = uploadLayer(gpu, wRef, a.dtype);
-  const s = allocScratch(gpu, dims);
+  const s = allocScratch(gpu, dims, { maxBindingBytes: a.maxBindingBytes });
+  if (a.maxBindingBytes && !(s.Tc < a.T && s.chunk)) throw new Error(`no chunks: Tc = ${s.Tc}`);
   const { cos, sin } = ropeTables({ T: a.T, HD: CFG.HD, cfg: ROPE, posOffset: 0 });
   gpu.write(s.cos, cos);
   gpu.write(s.sin, sin);
@@ -113,29 +134,50 @@ async function runLayer(
   };
 }
 
+// 32 KiB chunk buffers hold 64 tokens of the widest activation (H·HD = 128 f32).
+const CHUNKED = 64 * 128 * 4;
 for (
-  const { T, dtype, bias } of [
+  const { T, dtype, bias, maxBindingBytes } of [
     { T: 1, dtype: "BF16", bias: false },
     { T: 7, dtype: "BF16", bias: false },
     { T: 17, dtype: "F16", bias: true },
     { T: 5, dtype: "F32", bias: true },
+    { T: 150, dtype: "BF16", bias: true, maxBindingBytes: CHUNKED }, // chunks 64 + 64 + 22
+    { T: 600, dtype: "F16", bias: false, maxBindingBytes: CHUNKED }, // 10 chunks
   ] as const
 ) {
   gpuTest(
-    `decoderLayer() matches the float64 reference layer (T=${T}, ${dtype}${
+    `decoderLayer() matches the float64 reference layer for both kernel families (T=${T}, ${dtype}${
       bias ? ", q/k/v bias" : ""
-    })`,
+    }${maxBindingBytes ? ", chunked past one binding" : ""})`,
     async (gpu, rng) => {
-      const r = await runLayer(gpu, rng, { T, dtype, bias });
-      const tol = 1e-4;
-      assertClose(r.q, r.ref.q, tol, "q at the capture point");
-      assertClose(r.k, r.ref.k, tol, "k at the capture point");
-      assertClose(r.kRope, r.ref.kRope, tol, "k after RoPE");
-      assertClose(r.qRope, r.ref.qRope, tol, "q after RoPE");
-      assertClose(r.v, r.ref.v, tol, "v at the capture point");
-      assertClose(r.out, r.ref.out, tol, "residual stream after the layer");
+      for (const family of ["cpu", "gpu"] as const) {
+        await checkLayer(gpu, rng, { T, dtype, bias, family, maxBindingBytes });
+      }
     },
   );
+}
+
+async function checkLayer(
+  gpu: Gpu,
+  rng: Rng,
+  a: {
+    T: number;
+    dtype: WeightDtype;
+    bias: boolean;
+    family: KernelFamily;
+    maxBindingBytes?: number;
+  },
+): Promise<void> {
+  const r = await runLayer(gpu, rng, a);
+  const tol = 1e-4;
+  const f = `${a.family} family:`;
+  assertClose(r.q, r.ref.q, tol, `${f} q at the capture point`);
+  assertClose(r.k, r.ref.k, tol, `${f} k at the capture point`);
+  assertClose(r.kRope, r.ref.kRope, tol, `${f} k after RoPE`);
+  assertClose(r.qRope, r.ref.qRope, tol, `${f} q after RoPE`);
+  assertClose(r.v, r.ref.v, tol, `${f} v at the capture point`);
+  assertClose(r.out, r.ref.out, tol, `${f} residual stream after the layer`);
 }
 
 gpuTest(
