@@ -11,7 +11,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import {
   divergingHex,
   formatTick,
