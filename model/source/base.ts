@@ -7,8 +7,8 @@
  * ```
  * open.ts (openSource: picks a source, builds the caches, reads the environment)
  *   ├─ local.ts        a folder on this machine
- *   ├─ hub.ts          a Hub repo ── hub_fetch.ts (HTTP policy) ── retry.ts
- *   │                              └ token.ts
+ *   ├─ hub.ts          a Hub repo; it imports token.ts (the token as sent) and
+ *   │                  hub_fetch.ts (the HTTP policy), which imports retry.ts (backoff)
  *   ├─ hf_cache.ts     the Python client's cache   (given to hub.ts as an HfSnapshots)
  *   ├─ range_cache.ts  this tool's range cache     (given to hub.ts as a RangeStore)
  *   └─ progress.ts     the progress bar
