@@ -10,7 +10,10 @@
  *
  * Which files are read from where, per file: the Hugging Face cache's snapshot when it has
  * the file, else this tool's range cache for the ranges it holds, else the network. With
- * `offline` (`HF_HUB_OFFLINE=1`) the network is never touched.
+ * `offline` (`HF_HUB_OFFLINE=1`) the network is never touched. The two caches arrive as
+ * base.ts's `HfSnapshots` and `RangeStore` (open.ts passes in hf_cache.ts's and
+ * range_cache.ts's), so this file imports neither; network reads of a range go through
+ * `#fetchRange`, one call of the fetch per range.
  *
  * Reads use the resolve URL with the COMMIT sha (not the branch), so a branch that moves
  * during a run cannot mix two versions of a model.
