@@ -10,7 +10,7 @@
  * error types for one user-facing kind of failure (a bad shape or option is "bad-input"
  * whether kernels/ or model/ notices it) and a wrapping step at every call from model/
  * into kernels/; a leaf module costs nothing and keeps one `instanceof GqaError` test
- * for the CLI. model/errors.ts re-exports it.
+ * for the CLI.
  * @module
  */
 

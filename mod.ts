@@ -23,7 +23,8 @@ export {
   DEFAULT_MODEL,
   DEFAULT_PROMPT,
 } from "./model/capture.ts";
-export { type GridOptions, renderGqaGrid } from "./viz/grid_svg.ts";
+export { type GridOptions, gridSvg, renderGqaGrid } from "./viz/grid_svg.ts";
+export { GRID_LAYOUT_FUNCTIONS, type GridLayout, gridProblem, layoutGrid } from "./viz/layout.ts";
 export { captureToSafetensors, writeFileAtomic } from "./model/output.ts";
 export { GqaError, type GqaErrorCode } from "./errors.ts";
 
