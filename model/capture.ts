@@ -11,12 +11,18 @@
  * ```
  * @module
  */
-import { type Gpu, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
+import { type Gpu, type KernelFamily, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
+import { chooseKernels } from "../kernels/choose.ts";
 import { checkShapes, type ModelConfig, parseConfigText } from "./config.ts";
 import { GqaError } from "../errors.ts";
 import { runForward } from "./forward.ts";
 import { type Plan, planCapture } from "./plan.ts";
-import { type ByteSource, openSource, type OpenSourceOptions } from "./source/mod.ts";
+import {
+  type ByteSource,
+  defaultRangeCacheDir,
+  openSource,
+  type OpenSourceOptions,
+} from "./source/mod.ts";
 import { loadTensorIndex } from "./tensors.ts";
 import { loadTokenizer } from "./tokenizer.ts";
 
@@ -51,6 +57,8 @@ export interface CaptureReport {
   requests: number;
   layerSeconds: number[];
   adapter: string;
+  /** The kernel family the capture ran with (kernels/choose.ts). */
+  kernels: KernelFamily;
   /** Device memory this capture allocated: one layer of weights plus activations. */
   deviceBytes: number;
 }
@@ -160,6 +168,8 @@ export async function captureLayer(
   // 3. The forward pass on the GPU.
   const gpu = opts.gpu ?? await requestGpu();
   if (!gpu) throw new GqaError("no-adapter", NO_ADAPTER_HELP);
+  // A device made here gets its kernel family by measurement (cached per adapter).
+  if (!opts.gpu) await chooseKernels(gpu, { cacheDir: opts.cacheDir ?? defaultRangeCacheDir() });
   const deviceBefore = gpu.bytesAllocated;
   const out = await runForward({
     gpu,
@@ -196,6 +206,7 @@ export async function captureLayer(
       requests: src.stats.requests,
       layerSeconds: out.layerSeconds,
       adapter: gpu.adapterName,
+      kernels: gpu.kernels,
       deviceBytes: gpu.bytesAllocated - deviceBefore,
     },
   };

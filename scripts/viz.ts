@@ -180,7 +180,7 @@ async function run(args: string[], io: Io): Promise<number> {
   log?.(
     `layer ${layer}: ${cap.T} tokens, ${(r.bytesFetched / 1e9).toFixed(3)} GB fetched in ` +
       `${r.requests} requests, ${r.layerSeconds.reduce((a, b) => a + b, 0).toFixed(2)} s on ` +
-      `${r.adapter}`,
+      `${r.adapter} (${r.kernels} kernels)`,
   );
   io.out(`wrote ${out}`);
   if (o["save-tensors"]) io.out(`wrote ${o["save-tensors"]}`);
