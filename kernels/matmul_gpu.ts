@@ -140,7 +140,7 @@ export function planMatmulGpu(
  * ```
  */
 export function matmulGpu(gpu: Gpu, encoder: GPUCommandEncoder, a: GpuMatmulArgs): void {
-  const { w, T } = a;
+  const { w } = a;
   const { N, K } = w;
   const plan = planMatmulGpu(gpu, a);
   const gridLimit = a.gridLimit ?? 65535;
