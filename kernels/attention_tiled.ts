@@ -41,11 +41,12 @@ import type { Gpu } from "./gpu.ts";
 
 const BQ = 16; // queries per workgroup
 const LANES = 4; // invocations per query
-const WG_BYTES = 16384; // workgroup memory budget
-
-/** Keys per tile for head dimension HD: K, V and partial dots fit in 16 KiB. */
-export function keysPerTile(HD: number): number {
-  const floats = WG_BYTES / 4 - 2 * LANES; // a little padding past the V tile
+/**
+ * Keys per tile for head dimension HD: K, V and partial dots fit in `budget` bytes of
+ * workgroup memory (`gpu.workgroupBudget`: 16 KiB, 4 KiB on fallback adapters).
+ */
+export function keysPerTile(HD: number, budget = 16384): number {
+  const floats = budget / 4 - 2 * LANES; // a little padding past the V tile
   return Math.max(1, Math.min(32, Math.floor(floats / (2 * HD + BQ * LANES))));
 }
 
@@ -103,12 +104,15 @@ export function attentionTiled(gpu: Gpu, encoder: GPUCommandEncoder, a: TiledAtt
     { buffer: a.out, size: T * H * HD * 4 },
     params,
   ];
-  gpu.dispatch(encoder, gpu.pipeline(tiledShader(HD)), bindings, [Math.ceil(T / BQ), H]);
+  gpu.dispatch(encoder, gpu.pipeline(tiledShader(HD, gpu.workgroupBudget)), bindings, [
+    Math.ceil(T / BQ),
+    H,
+  ]);
 }
 
 /** Source of the tiled kernel for head dimension HD (registers are named per dimension). */
-export function tiledShader(HD: number): string {
-  const BK = keysPerTile(HD);
+export function tiledShader(HD: number, budget = 16384): string {
+  const BK = keysPerTile(HD, budget);
   const M = Math.ceil(HD / LANES); // dimensions per lane (the last may be past HD)
   const ms = [...Array(M).keys()];
   const dim = (m: number) => `lane + ${m * LANES}u`;

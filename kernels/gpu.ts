@@ -88,6 +88,13 @@ export class Gpu {
   readonly isFallback: boolean;
   /** True when `timestamp-query` is enabled (kernel timing in GPU time, not wall clock). */
   readonly hasTimestamps: boolean;
+  /**
+   * Workgroup memory the GPU-family kernels plan their tiles for: 16 KiB on hardware
+   * adapters, 4 KiB on fallback ones, where that family runs only when forced (tests) and
+   * where wgpu's GL backend zero-fills workgroup arrays with code whose compile time grows
+   * faster than linearly (a 16 KiB array: ~8 s per shader on llvmpipe).
+   */
+  readonly workgroupBudget: number;
   /** The kernel family matmul and attention use unless a call forces one. */
   kernels: KernelFamily;
   /** One sentence: why {@linkcode kernels} is what it is. */
@@ -105,6 +112,9 @@ export class Gpu {
     this.adapterName = adapterName;
     this.isFallback = isFallback;
     this.hasTimestamps = device.features.has("timestamp-query");
+    this.workgroupBudget = isFallback
+      ? 4096
+      : Math.min(16384, device.limits.maxComputeWorkgroupStorageSize);
     const k = defaultKernelFamily(isFallback);
     this.kernels = k.family;
     this.kernelsReason = k.reason;

@@ -72,14 +72,16 @@ export interface GpuMatmulPlan {
   windows: { t0: number; tokens: number }[];
   /** GEMV: rows per row group (1 or 2). */
   rowsPerGroup: number;
+  /** GEMV: lanes along K per row (64; 16 within a 4 KiB workgroup budget). */
+  lanes: number;
+  /** GEMM: k per step (32; 8 within a 4 KiB workgroup budget). */
+  bk: number;
 }
 
 /** Largest T served by the GEMV kernel; longer prompts use the tiled GEMM. */
 export const GEMV_MAX_T = 8;
-const LANES = 64; // GEMV invocations along K per row group
 const GROUPS = 4; // GEMV row groups per workgroup
 const TILE = 64; // GEMM tile: tokens and rows per workgroup
-const BK = 32; // GEMM k per step
 
 /** Whether the GPU family handles this matrix (K % 8 == 0); matmul.ts routes others itself. */
 export function gpuMatmulSupports(w: { K: number }): boolean {
@@ -127,7 +129,8 @@ export function planMatmulGpu(
   for (let t0 = 0; t0 < a.T; t0 += per) windows.push({ t0, tokens: Math.min(per, a.T - t0) });
   const firstRows = chunks[0].rows;
   const rowsPerGroup = Math.ceil(firstRows / (GROUPS * 2)) >= 512 ? 2 : 1;
-  return { kind, chunks, windows, rowsPerGroup };
+  const roomy = gpu.workgroupBudget >= 16384;
+  return { kind, chunks, windows, rowsPerGroup, lanes: roomy ? 64 : 16, bk: roomy ? 32 : 8 };
 }
 
 /**
@@ -156,11 +159,17 @@ export function matmulGpu(gpu: Gpu, encoder: GPUCommandEncoder, a: GpuMatmulArgs
       const bindings = [params, wBind, yBind, xBind, ...biasBind];
       if (plan.kind === "gemv") {
         const R = plan.rowsPerGroup;
-        const code = gemvShader({ dtype: w.dtype, TT: win.tokens, R, bias: !!a.bias });
+        const code = gemvShader({
+          dtype: w.dtype,
+          TT: win.tokens,
+          R,
+          lanes: plan.lanes,
+          bias: !!a.bias,
+        });
         const groups = Math.ceil(c.rows / (GROUPS * R));
         gpu.dispatch(encoder, gpu.pipeline(code), bindings, grid2d(groups, gridLimit));
       } else {
-        const code = gemmShader({ dtype: w.dtype, bias: !!a.bias });
+        const code = gemmShader({ dtype: w.dtype, bk: plan.bk, bias: !!a.bias });
         const [gx, gy] = grid2d(Math.ceil(c.rows / TILE), gridLimit);
         gpu.dispatch(encoder, gpu.pipeline(code), bindings, [gx, gy, Math.ceil(win.tokens / TILE)]);
       }
@@ -207,9 +216,10 @@ fn hi(u: vec4<u32>) -> vec4<f32> {
 
 /** Source of the GEMV kernel for TT ≤ 8 tokens and R rows per row group. */
 export function gemvShader(
-  s: { dtype: WeightDtype; TT: number; R: number; bias: boolean },
+  s: { dtype: WeightDtype; TT: number; R: number; lanes: number; bias: boolean },
 ): string {
   const { dtype, TT, R, bias } = s;
+  const LANES = s.lanes;
   const f32 = dtype === "F32";
   const rows = [...Array(R).keys()], toks = [...Array(TT).keys()];
   const TV = Math.ceil(TT / 4); // vec4s of partial sums per row (4 tokens each)
@@ -240,8 +250,8 @@ ${PARAMS}
 ${biasDecl(bias)}${unpackFns(dtype)}
 
 const LANES = ${LANES}u;
-const XROW = ${LANES * 2}u; // vec4s of X per token in one tile (512 k)
-var<workgroup> xs: array<vec4<f32>, ${xsLen}>; // X tile (TT, 512), then the partial sums
+const XROW = ${LANES * 2}u; // vec4s of X per token in one tile (${LANES * 8} k)
+var<workgroup> xs: array<vec4<f32>, ${xsLen}>; // X tile (TT, ${LANES * 8}), then the partial sums
 
 @compute @workgroup_size(${GROUPS * LANES})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -257,7 +267,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       .join("\n  ")
   }
   ${rows.map((r) => toks.map((t) => `var a${r}_${t} = 0.0;`).join(" ")).join("\n  ")}
-  for (var s0 = 0u; s0 < steps; s0 += LANES) { // one tile: 64 k-steps = 512 k
+  for (var s0 = 0u; s0 < steps; s0 += LANES) { // one tile: ${LANES} k-steps = ${LANES * 8} k
     for (var i = lid; i < ${TT}u * XROW; i += ${GROUPS * LANES}u) { // stage X[t, tile]
       let v = 2u * s0 + i % XROW;
       var xv = vec4<f32>();
@@ -274,7 +284,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     workgroupBarrier();
   }
-  // Tree reduction over the 64 lanes, 4 tokens per vec4.
+  // Tree reduction over the ${LANES} lanes, 4 tokens per vec4.
   ${
     rows.map((r) =>
       [...Array(TV).keys()].map((v) => `xs[${red(r, v)} + lane] = ${vec(r, v)};`).join("\n  ")
@@ -311,29 +321,32 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 `;
 }
 
-/** Source of the tiled GEMM kernel: 64 tokens × 64 rows per workgroup, 4 × 4 per invocation. */
-export function gemmShader(s: { dtype: WeightDtype; bias: boolean }): string {
+/**
+ * Source of the tiled GEMM kernel: 64 tokens × 64 rows per workgroup, 4 × 4 per invocation,
+ * `bk` (a multiple of 8) k per step.
+ */
+export function gemmShader(s: { dtype: WeightDtype; bk: number; bias: boolean }): string {
   const { dtype, bias } = s;
+  const BK = s.bk, V = BK / 4, WPR = BK / 8; // vec4 of X per row, 16-byte W words per row
   const f32 = dtype === "F32";
   const I4 = [0, 1, 2, 3];
-  // Stage W[n0 + row, k0 … k0 + 31] as f32 into ws[row * 8 …] (8 vec4 per row).
+  // Stage W[n0 + row, k0 … k0 + BK - 1] as f32 into ws[row * V …] (V vec4 per row).
   const stageW = f32
-    ? `for (var j = 0u; j < 2u; j++) {
-      let i = lid + 256u * j;
-      let row = i / 8u; let c = i % 8u;
+    ? `for (var i = lid; i < ${TILE * V}u; i += 256u) {
+      let row = i / ${V}u; let c = i % ${V}u;
       var wv = vec4<f32>();
       if (k0 / 4u + c < kv) { wv = bitcast<vec4<f32>>(w[p.wBase + min(n0 + row, last) * kv + k0 / 4u + c]); }
       ws[i] = wv;
     }`
-    : `{
-      let row = lid / 4u; let c = lid % 4u; // 4 words of 8 weights per row
+    : `for (var i = lid; i < ${TILE * WPR}u; i += 256u) {
+      let row = i / ${WPR}u; let c = i % ${WPR}u; // ${WPR} word(s) of 8 weights per row
       var l = vec4<f32>(); var h = vec4<f32>();
       if (k0 / 8u + c < steps) {
         let u = w[p.wBase + min(n0 + row, last) * steps + k0 / 8u + c];
         l = lo(u); h = hi(u);
       }
-      ws[row * 8u + 2u * c] = vec4<f32>(l.x, h.x, l.y, h.y);
-      ws[row * 8u + 2u * c + 1u] = vec4<f32>(l.z, h.z, l.w, h.w);
+      ws[row * ${V}u + 2u * c] = vec4<f32>(l.x, h.x, l.y, h.y);
+      ws[row * ${V}u + 2u * c + 1u] = vec4<f32>(l.z, h.z, l.w, h.w);
     }`;
   return `// matmul GPU family, tiled GEMM: W ${dtype}, ${TILE} tokens x ${TILE} rows x ${BK} k per step${
     bias ? ", bias" : ""
@@ -341,8 +354,8 @@ export function gemmShader(s: { dtype: WeightDtype; bias: boolean }): string {
 ${PARAMS}
 ${biasDecl(bias)}${unpackFns(dtype)}
 
-var<workgroup> xs: array<vec4<f32>, ${TILE * BK / 4}>; // X tile (64 tokens, 32 k)
-var<workgroup> ws: array<vec4<f32>, ${TILE * BK / 4}>; // W tile (64 rows, 32 k) as f32
+var<workgroup> xs: array<vec4<f32>, ${TILE * V}>; // X tile (64 tokens, ${BK} k)
+var<workgroup> ws: array<vec4<f32>, ${TILE * V}>; // W tile (64 rows, ${BK} k) as f32
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -355,18 +368,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let last = p.rows - 1u;
   ${I4.map((i) => I4.map((j) => `var c${i}${j} = 0.0;`).join(" ")).join("\n  ")}
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
-    for (var j = 0u; j < 2u; j++) { // stage X[t0 + t, k0 … k0 + 31]
-      let i = lid + 256u * j;
-      let t = i / 8u; let c = i % 8u;
+    for (var i = lid; i < ${TILE * V}u; i += 256u) { // stage X[t0 + t, k0 … k0 + BK - 1]
+      let t = i / ${V}u; let c = i % ${V}u;
       var xv = vec4<f32>();
       if (t0 + t < p.T && k0 / 4u + c < kv) { xv = x[(t0 + t) * kv + k0 / 4u + c]; }
       xs[i] = xv;
     }
     ${stageW}
     workgroupBarrier();
-    for (var c = 0u; c < 8u; c++) {
-      ${I4.map((i) => `let x${i} = xs[(li.y * 4u + ${i}u) * 8u + c];`).join(" ")}
-      ${I4.map((j) => `let w${j} = ws[(li.x * 4u + ${j}u) * 8u + c];`).join(" ")}
+    for (var c = 0u; c < ${V}u; c++) {
+      ${I4.map((i) => `let x${i} = xs[(li.y * 4u + ${i}u) * ${V}u + c];`).join(" ")}
+      ${I4.map((j) => `let w${j} = ws[(li.x * 4u + ${j}u) * ${V}u + c];`).join(" ")}
       ${I4.map((i) => I4.map((j) => `c${i}${j} += dot(x${i}, w${j});`).join(" ")).join("\n      ")}
     }
     workgroupBarrier();

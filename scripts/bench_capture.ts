@@ -2,7 +2,10 @@
  * Benchmark: capture layer 5 of a checkpoint with Meta-Llama-3-8B's exact shapes (BF16,
  * first 6 layers, written by make_8b_shaped.ts) for an 8-token prompt, from a local folder.
  *
- *   deno run -A scripts/bench_capture.ts [DIR] [--layer 5] [--runs 2]
+ *   deno run -A scripts/bench_capture.ts [DIR] [--layer 5] [--runs 2] [--layers N]
+ *
+ * `--layers` sets how many layers the synthetic checkpoint has (default: layer + 1, at least
+ * 6), so captures of layers 5 and 31 can share one 32-layer folder.
  *
  * Prints, for each run: wall time, time per layer, bytes read, and the process's peak
  * resident memory; and, to say what bounds it, the time to only read the planned bytes
@@ -23,13 +26,17 @@ import { layerDims, LayerSlots } from "../model/forward.ts";
 const { values, positionals } = parseArgs({
   args: Deno.args,
   allowPositionals: true,
-  options: { layer: { type: "string", default: "5" }, runs: { type: "string", default: "2" } },
+  options: {
+    layer: { type: "string", default: "5" },
+    runs: { type: "string", default: "2" },
+    layers: { type: "string", default: "0" },
+  },
 });
 const dir = positionals[0] ?? "/tmp/llama3-8b-shaped";
 const layer = Number(values.layer);
 const TOKENS = [128000, 791, 4062, 14198, 39935, 35308, 927, 279]; // "<bos>The quick brown fox jumps over the"
 
-await make8bShaped(dir, Math.max(6, layer + 1));
+await make8bShaped(dir, Math.max(6, layer + 1, Number(values.layers)));
 const gpu = await requestGpu();
 if (!gpu) throw new Error("no WebGPU adapter");
 
@@ -61,7 +68,9 @@ for (let pass = 0; pass < 2; pass++) {
   }
 }
 const readS = (performance.now() - t0) / 1000;
-console.log(`adapter: ${gpu.adapterName} (shader-f16: ${gpu.hasF16})`);
+console.log(
+  `adapter: ${gpu.adapterName} (shader-f16: ${gpu.hasF16}; ${gpu.kernels} kernels: ${gpu.kernelsReason})`,
+);
 console.log(plan.describe(dir));
 console.log(
   `read only: ${(plan.bytes / 1e9).toFixed(2)} GB in ${readS.toFixed(2)} s ` +

@@ -4,6 +4,8 @@
  *
  *   deno task bench            # full table, ~2-4 minutes on 2 cores
  *   deno task bench --quick    # BF16 and T = 1, 8 only, fewer runs
+ *   deno task bench --families gpu   # one kernel family only (default: cpu,gpu, compared
+ *                                    # row by row under the same load)
  *
  * How it measures (see DESIGN.md, "Measuring honestly"):
  * - Never one dispatch with a readback (Deno's mapAsync alone takes ~10 ms): each run
@@ -18,7 +20,7 @@
  *   each block of rows because the load from other processes drifts.
  * @module
  */
-import { type Gpu, requestGpu } from "../kernels/gpu.ts";
+import { type Gpu, type KernelFamily, requestGpu } from "../kernels/gpu.ts";
 import {
   chooseMatmulVariant,
   type GpuMatrix,
@@ -44,6 +46,8 @@ const TARGET_S = quick ? 0.12 : 0.25; // seconds per timed run
 const ROTATION_BYTES = 256 * 1024 * 1024;
 const TS = quick ? [1, 8] : [1, 8, 64];
 const DTYPES: WeightDtype[] = quick ? ["BF16"] : ["BF16", "F16", "F32"];
+const fi = argv.indexOf("--families");
+const FAMILIES = (fi >= 0 ? argv[fi + 1] : "cpu,gpu").split(",") as KernelFamily[];
 const SHAPES: [number, number][] = [[1024, 4096], [4096, 4096], [14336, 4096], [4096, 14336]]; // (N, K)
 
 const gpu = await requestGpu();
@@ -109,35 +113,40 @@ await chooseMatmulVariant(gpu);
 const info = matmulVariantInfo(gpu);
 console.log(`\nmatmul variant: ${info.variant} (${info.reason})`);
 
-const variantsFor = (d: WeightDtype): MatmulVariant[] =>
-  d === "F16" && gpu.hasF16 ? ["packed", "f16"] : ["packed"];
+// The GPU family reads F16 packed whatever the variant; its rows say "-".
+const variantsFor = (d: WeightDtype, f: KernelFamily = "cpu"): MatmulVariant[] =>
+  d === "F16" && gpu.hasF16 && f === "cpu" ? ["packed", "f16"] : ["packed"];
 
-// Correctness first: each dtype/variant at an awkward shape of the same path as the table.
-for (const dtype of DTYPES) {
-  for (const variant of variantsFor(dtype)) {
-    const [T, N, K] = [9, 77, 4096];
-    const w = decodeWeights(encodeWeights(noise(N * K, 0.05, 7), dtype), dtype);
-    const x = noise(T * K, 1, 8);
-    const m = uploadMatrix(gpu, { bytes: encodeWeights(w, dtype), dtype, N, K });
-    const y = gpu.poisoned(T * N);
-    await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T, variant }));
-    const got = await gpu.read(y), want = matmulRef({ x, w, T, N, K });
-    let num = 0, den = 0;
-    for (let i = 0; i < got.length; i++) {
-      num += (got[i] - want[i]) ** 2;
-      den += want[i] ** 2;
+// Correctness first: each family/dtype/variant at an awkward shape of the table's paths.
+for (const family of FAMILIES) {
+  for (const dtype of DTYPES) {
+    for (const variant of variantsFor(dtype, family)) {
+      const [T, N, K] = [9, 77, 4096];
+      const w = decodeWeights(encodeWeights(noise(N * K, 0.05, 7), dtype), dtype);
+      const x = noise(T * K, 1, 8);
+      const m = uploadMatrix(gpu, { bytes: encodeWeights(w, dtype), dtype, N, K });
+      const y = gpu.poisoned(T * N);
+      await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T, variant, family }));
+      const got = await gpu.read(y), want = matmulRef({ x, w, T, N, K });
+      let num = 0, den = 0;
+      for (let i = 0; i < got.length; i++) {
+        num += (got[i] - want[i]) ** 2;
+        den += want[i] ** 2;
+      }
+      const err = Math.sqrt(num / den);
+      const tol = dtype === "F32" ? 1e-5 : 1e-4;
+      if (!(err <= tol)) {
+        console.error(
+          `matmul ${family} ${dtype} ${variant} is WRONG: relative L2 error ${err} > ${tol}`,
+        );
+        Deno.exit(1);
+      }
+      m.buffer.destroy();
     }
-    const err = Math.sqrt(num / den);
-    const tol = dtype === "F32" ? 1e-5 : 1e-4;
-    if (!(err <= tol)) {
-      console.error(`matmul ${dtype} ${variant} is WRONG: relative L2 error ${err} > ${tol}`);
-      Deno.exit(1);
-    }
-    m.buffer.destroy();
   }
 }
 console.log(
-  "validated against matmulRef: " +
+  `validated against matmulRef, families ${FAMILIES.join(", ")}: ` +
     DTYPES.map((d) => `${d} (${variantsFor(d).join(", ")})`).join(", "),
 );
 
@@ -145,8 +154,8 @@ console.log(
   "\nEach matmul is timed in alternation with the best probe pattern (same background load);\n" +
     '"probe" is that pattern\'s median GB/s meanwhile, "of probe" the median of the paired\n' +
     "ratios.\n\n" +
-    "| W (N, K) | dtype | variant | T | ms | GB/s | GFLOP/s | probe | of probe |\n" +
-    "|---|---|---|---|---|---|---|---|---|",
+    "| W (N, K) | dtype | family | variant | T | ms | GB/s | GFLOP/s | probe | of probe |\n" +
+    "|---|---|---|---|---|---|---|---|---|---|",
 );
 const probeRecord = (enc: GPUCommandEncoder, i: number) =>
   readProbe(gpu, enc, {
@@ -166,22 +175,26 @@ for (const [N, K] of SHAPES) {
     );
     for (const T of TS) {
       const x = gpu.upload(noise(T * K, 1, T)), y = gpu.buffer(T * N * 4);
-      for (const variant of variantsFor(dtype)) {
-        const m = await timePaired(
-          gpu,
-          (enc, i) => matmul(gpu, enc, { x, w: mats[i % count], y, T, variant }),
-          probeRecord,
-        );
-        const t = m.a, gbps = bytes / t / 1e9, probe = PROBE_BUF / m.b / 1e9;
-        const ofProbe = m.speedup * bytes / PROBE_BUF; // (bytes / ta) / (PROBE_BUF / tb)
-        const plan = planMatmul(gpu, { w: mats[0], T, variant });
-        console.log(
-          `| (${N}, ${K}) | ${dtype} | ${dtype === "F16" ? variant : "-"} | ${T} | ` +
-            `${(t * 1000).toFixed(1)} | ${gbps.toFixed(2)} | ${
-              (2 * T * N * K / t / 1e9).toFixed(1)
-            } | ${probe.toFixed(2)} | ${(100 * ofProbe).toFixed(0)} % |` +
-            (plan.chunks.length > 1 ? ` ${plan.chunks.length} chunks` : ""),
-        );
+      for (const family of FAMILIES) {
+        for (const variant of variantsFor(dtype, family)) {
+          const m = await timePaired(
+            gpu,
+            (enc, i) => matmul(gpu, enc, { x, w: mats[i % count], y, T, variant, family }),
+            probeRecord,
+          );
+          const t = m.a, gbps = bytes / t / 1e9, probe = PROBE_BUF / m.b / 1e9;
+          const ofProbe = m.speedup * bytes / PROBE_BUF; // (bytes / ta) / (PROBE_BUF / tb)
+          const plan = planMatmul(gpu, { w: mats[0], T, variant });
+          console.log(
+            `| (${N}, ${K}) | ${dtype} | ${family} | ${
+              dtype === "F16" && family === "cpu" ? variant : "-"
+            } | ${T} | ` +
+              `${(t * 1000).toFixed(1)} | ${gbps.toFixed(2)} | ${
+                (2 * T * N * K / t / 1e9).toFixed(1)
+              } | ${probe.toFixed(2)} | ${(100 * ofProbe).toFixed(0)} % |` +
+              (family === "cpu" && plan.chunks.length > 1 ? ` ${plan.chunks.length} chunks` : ""),
+          );
+        }
       }
       x.destroy();
       y.destroy();
