@@ -18,7 +18,7 @@ What it does (and why each choice is the fast one on a CPU):
   RoPE (llama3 rope_scaling supported), causal attention with query head h reading KV
   head h // (H // KV), SwiGLU MLP.
 
-It prints one JSON line: {"seconds", "bytes", "threads", "peak_rss"}, where seconds
+It prints one JSON line: {"seconds", "cpu", "bytes", "threads", "peak_rss"}, where seconds
 counts from after `import torch` to K in hand (the interpreter and torch's import are
 start-up, like Deno's start and WebGPU device request on our side). With --out it
 writes K (T, KV*HD) as little-endian f32 so the caller can check it against ours.
@@ -169,13 +169,16 @@ def main():
     torch.set_num_threads(a.threads)
     ids = [int(t) for t in a.tokens.split(",")]
     t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     with torch.inference_mode():
         k, nbytes = run(a.dir, a.layer, ids)
     seconds = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     if a.out:
         k.numpy().astype("<f4").tofile(a.out)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
-    print(json.dumps({"seconds": seconds, "bytes": nbytes, "threads": torch.get_num_threads(),
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "bytes": nbytes, "threads": torch.get_num_threads(),
                       "peak_rss": peak}))
 
 

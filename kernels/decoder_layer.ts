@@ -149,8 +149,13 @@ export interface DecoderLayerArgs {
   /** The residual stream (T, D), read and updated in place. */
   x: GPUBuffer;
   s: LayerScratch;
-  /** "full" runs the whole layer; "qkv" stops after RoPE and fills `capture`. */
-  stop?: "full" | "qkv";
+  /**
+   * "full" runs the whole layer; "qkv" stops after RoPE and fills `capture`; "attention"
+   * stops after the attention residual (steps 1-6), and `start: "mlp"` runs the rest
+   * (steps 7-9), so a caller can submit a layer in two halves.
+   */
+  stop?: "full" | "qkv" | "attention";
+  start?: "input" | "mlp";
   capture?: CaptureBuffers;
   /** Records a non-finite check after every step (see finite_check.ts). */
   check?: FiniteCheck;
@@ -169,10 +174,11 @@ export interface DecoderLayerArgs {
  */
 export function decoderLayer(gpu: Gpu, encoder: GPUCommandEncoder, a: DecoderLayerArgs): void {
   const { dims, w, x, s, check } = a;
-  const { T, D, H, KV, HD, I, eps } = dims;
+  const { T, D, H, KV, HD, eps } = dims;
   const stop = a.stop ?? "full";
   const step = (name: (typeof LAYER_STEPS)[number], buf: GPUBuffer, n: number) =>
     check && finiteCheck(gpu, encoder, { check, step: LAYER_STEPS.indexOf(name), x: buf, n });
+  if (a.start === "mlp") return mlpHalf(gpu, encoder, a, step);
 
   // 1. Attention input: xn = rmsnorm(x) · input_layernorm
   rmsnorm(gpu, encoder, { x, w: w.inputNorm, y: s.xn, T, D, eps });
@@ -217,6 +223,21 @@ export function decoderLayer(gpu: Gpu, encoder: GPUCommandEncoder, a: DecoderLay
   step("o_proj", s.out, T * D);
   add(gpu, encoder, { x, y: s.out, n: T * D });
   step("attention residual", x, T * D);
+  if (stop === "attention") return;
+  mlpHalf(gpu, encoder, a, step);
+}
+
+/** Steps 7-9 of {@linkcode decoderLayer}: x += mlp(rmsnorm(x)). */
+function mlpHalf(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  a: DecoderLayerArgs,
+  step: (name: (typeof LAYER_STEPS)[number], buf: GPUBuffer, n: number) => void,
+): void {
+  const { dims: { T, D, I, eps }, w, x, s } = a;
+  if (!w.postNorm || !w.gate || !w.up || !w.down) {
+    throw new Error("decoderLayer: the MLP needs postNorm, gate, up and down weights");
+  }
 
   // 7. MLP input: xn = rmsnorm(x) · post_attention_layernorm
   rmsnorm(gpu, encoder, { x, w: w.postNorm, y: s.xn, T, D, eps });

@@ -43,19 +43,28 @@ function peakRss(): number {
   return m ? Number(m[1]) * 1024 : NaN;
 }
 
-/** One timed capture in this process; prints {seconds, peakRss, layerSeconds} as JSON. */
+/** CPU seconds (user + system, every thread) this process has used so far (Linux). */
+function cpuSeconds(): number {
+  const f = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ)
+}
+
+/** One timed capture in this process; prints {seconds, cpu, peakRss, layerSeconds} as JSON. */
 async function one(dir: string, layer: number, out?: string): Promise<void> {
+  const cpu0 = cpuSeconds();
   const t0 = performance.now();
   const gpu = await requestGpu();
   if (!gpu) throw new Error("no WebGPU adapter");
   const cap = await captureLayer({ model: dir, layer, tokenIds: TOKENS, gpu, progress: false });
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuSeconds() - cpu0;
   gpu.destroy();
   if (out) {
     await Deno.writeFile(out, new Uint8Array(cap.k.buffer, cap.k.byteOffset, cap.k.byteLength));
   }
   console.log(JSON.stringify({
     seconds,
+    cpu,
     peak_rss: peakRss(),
     layer_seconds: cap.report.layerSeconds,
     bytes: cap.report.bytesFetched,
@@ -77,7 +86,12 @@ async function timed(cmd: string[], env?: Record<string, string>) {
     throw new Error(`${cmd.join(" ")} failed:\n${text}\n${new TextDecoder().decode(p.stderr)}`);
   }
   const r = JSON.parse(text.split("\n").at(-1)!);
-  return { seconds: r.seconds as number, wall, peakRss: r.peak_rss as number };
+  return {
+    seconds: r.seconds as number,
+    cpu: r.cpu as number,
+    wall,
+    peakRss: r.peak_rss as number,
+  };
 }
 
 /** Relative L2 distance ‖a − b‖ / ‖b‖. */
