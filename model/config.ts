@@ -30,7 +30,7 @@
  * @module
  */
 import type { RopeConfig } from "../kernels/rope.ts";
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 import { jsonErrorReason, preview, quote, type TensorInfo } from "./safetensors.ts";
 
 /** What the forward pass needs to know about a model. */
@@ -107,13 +107,58 @@ export function parseConfigText(text: string, a: { where: string }): ModelConfig
 /**
  * Validates a parsed config.json of a supported architecture and maps it to
  * {@linkcode ModelConfig}. Every problem is a GqaError ("bad-config" or "unsupported")
- * naming `where` and the field.
+ * naming `where` and the field. The steps, in the order their errors are reported:
+ *
+ *   architecture   architectures[0], else model_type → a supported class
+ *   shape          D, H, I, layers, vocab, KV, HD (KV | H, HD even)
+ *   eps, rope      rms_norm_eps; rope_theta + rope_scaling (or rope_parameters), llama3 scaling
+ *   features       what the architecture switches on: hidden_act, mlp_bias, attention_bias,
+ *                  sliding_window
+ *
  * @example
  * const cfg = parseConfig(JSON.parse(text), { where: "meta-llama/Meta-Llama-3-8B/config.json" });
  * cfg.H / cfg.KV; // 4 query heads share each KV head
  */
 export function parseConfig(json: unknown, a: { where: string }): ModelConfig {
-  const { where } = a;
+  const r = configReader(json, a.where);
+  const architecture = readArchitecture(r);
+  const shape = readShape(r);
+  const eps = r.positive(own(r.c, "rms_norm_eps"), "rms_norm_eps", 1e-6);
+  const rope = readRope(r);
+  const features = readFeatures(r, architecture);
+  const bos = own(r.c, "bos_token_id");
+  const cfg: ModelConfig = {
+    architecture,
+    ...shape,
+    eps,
+    rope,
+    attentionBias: features.attentionBias,
+    tieWordEmbeddings: r.bool("tie_word_embeddings", false),
+  };
+  if (typeof bos === "number" && Number.isSafeInteger(bos) && bos >= 0 && bos < shape.vocab) {
+    cfg.bosTokenId = bos;
+  }
+  if (features.slidingWindow !== undefined) cfg.slidingWindow = features.slidingWindow;
+  return cfg;
+}
+
+/** A config.json object with the error makers and typed field readers of one file. */
+interface ConfigReader {
+  c: Record<string, unknown>;
+  /** A "bad-config" error: what is wrong, and how to fix it. */
+  fail(what: string, fix?: string): GqaError;
+  /** An "unsupported" error: what this tool does not implement. */
+  unsupported(what: string): GqaError;
+  /** A positive integer field; `dflt` when absent (else required). */
+  int(name: string, dflt?: number): number;
+  /** A positive finite number `v` (the field `name`); `dflt` when absent. */
+  positive(v: unknown, name: string, dflt: number): number;
+  /** A boolean field; `dflt` when absent. */
+  bool(name: string, dflt: boolean): boolean;
+}
+
+/** Checks that `json` is an object and returns its reader (errors name `where`). */
+function configReader(json: unknown, where: string): ConfigReader {
   const fail = (what: string, fix = "Check config.json against the model card.") =>
     new GqaError("bad-config", `${where}: ${what}. ${fix}`);
   const unsupported = (what: string) =>
@@ -124,31 +169,6 @@ export function parseConfig(json: unknown, a: { where: string }): ModelConfig {
     );
   if (!isObject(json)) throw fail(`the config is ${preview(json)}, not a JSON object`);
   const c = json;
-
-  // Architecture: architectures[0], else model_type.
-  let architecture: string;
-  const archs = own(c, "architectures");
-  const modelType = own(c, "model_type");
-  if (archs !== undefined && archs !== null) {
-    if (!Array.isArray(archs) || archs.length === 0 || typeof archs[0] !== "string") {
-      throw fail(`"architectures" is ${preview(archs)}; it must be a list of class names`);
-    }
-    architecture = archs[0];
-  } else if (typeof modelType === "string" && Object.hasOwn(MODEL_TYPES, modelType)) {
-    architecture = MODEL_TYPES[modelType];
-  } else {
-    throw fail(
-      `neither "architectures" nor a known "model_type" says which model this is ` +
-        `(model_type is ${preview(modelType)})`,
-    );
-  }
-  if (!Object.hasOwn(SUPPORTED_ARCHITECTURES, architecture)) {
-    throw unsupported(
-      `the architecture ${quote(architecture)} is not supported; this tool runs ` +
-        `${supportedList()}`,
-    );
-  }
-
   const int = (name: string, dflt?: number): number => {
     const v = own(c, name);
     if (v === undefined || v === null) {
@@ -167,147 +187,176 @@ export function parseConfig(json: unknown, a: { where: string }): ModelConfig {
     }
     return v;
   };
-
-  const D = int("hidden_size");
-  const H = int("num_attention_heads");
-  const I = int("intermediate_size");
-  const layers = int("num_hidden_layers");
-  const vocab = int("vocab_size");
-  const KV = int("num_key_value_heads", H);
-  if (H % KV !== 0) {
-    throw fail(
-      `num_attention_heads (${H}) is not a multiple of num_key_value_heads (${KV}); grouped ` +
-        "query attention needs every KV head to serve the same number of query heads",
-    );
-  }
-  const defaultHD = Math.floor(D / H);
-  if (defaultHD < 1 && (own(c, "head_dim") ?? null) === null) {
-    throw fail(
-      `hidden_size (${D}) is smaller than num_attention_heads (${H}) and no head_dim is given`,
-    );
-  }
-  const HD = int("head_dim", defaultHD);
-  if (HD % 2 !== 0) {
-    throw fail(
-      `the head dimension is ${HD}, an odd number; RoPE rotates pairs, so it must be even`,
-    );
-  }
-  const eps = positive(own(c, "rms_norm_eps"), "rms_norm_eps", 1e-6);
-
-  // RoPE: transformers 5's rope_parameters, else rope_theta + rope_scaling.
-  const params = own(c, "rope_parameters");
-  let ropeField = "rope_scaling";
-  let scalingRaw: unknown = own(c, "rope_scaling");
-  let theta = positive(own(c, "rope_theta"), "rope_theta", 10000);
-  if (params !== undefined && params !== null) {
-    if (!isObject(params)) throw fail(`"rope_parameters" is ${preview(params)}, not an object`);
-    ropeField = "rope_parameters";
-    scalingRaw = params;
-    theta = positive(own(params, "rope_theta"), "rope_parameters.rope_theta", theta);
-  }
-  const rope: RopeConfig = { theta };
-  if (scalingRaw !== undefined && scalingRaw !== null) {
-    if (!isObject(scalingRaw)) {
-      throw fail(`"${ropeField}" is ${preview(scalingRaw)}, not an object`);
-    }
-    const s = scalingRaw;
-    const type = own(s, "rope_type") ?? own(s, "type") ??
-      (ropeField === "rope_parameters" ? "default" : undefined);
-    if (typeof type !== "string") {
-      throw fail(`"${ropeField}" has rope_type ${preview(type)}; it must name a RoPE type`);
-    }
-    if (type === "llama3") {
-      const num = (k: string) => {
-        const v = own(s, k);
-        if (v === undefined || v === null) {
-          throw fail(`"${ropeField}" of type "llama3" is missing "${k}"`);
-        }
-        return positive(v, `${ropeField}.${k}`, 0);
-      };
-      const factor = num("factor");
-      const lowFreqFactor = num("low_freq_factor");
-      const highFreqFactor = num("high_freq_factor");
-      const original = num("original_max_position_embeddings");
-      if (!Number.isSafeInteger(original)) {
-        throw fail(
-          `"${ropeField}.original_max_position_embeddings" is ${original}; it must be an integer`,
-        );
-      }
-      if (!(highFreqFactor > lowFreqFactor)) {
-        throw fail(
-          `"${ropeField}" has high_freq_factor ${highFreqFactor} ≤ low_freq_factor ` +
-            `${lowFreqFactor}; llama3 scaling interpolates between them, so high must be larger`,
-        );
-      }
-      rope.scaling = {
-        type: "llama3",
-        factor,
-        lowFreqFactor,
-        highFreqFactor,
-        originalMaxPositionEmbeddings: original,
-      };
-    } else if (type !== "default") {
-      throw unsupported(
-        `RoPE scaling type ${quote(type)} is not supported; only "llama3" (Llama 3.1 and ` +
-          `later) and "default" (no scaling) are implemented`,
-      );
-    }
-  }
-
-  // Everything else an architecture may switch on that we do not implement.
-  const act = own(c, "hidden_act") ?? "silu";
-  if (act !== "silu") {
-    throw unsupported(`"hidden_act" is ${preview(act)}; only "silu" (SwiGLU MLP) is implemented`);
-  }
   const bool = (name: string, dflt: boolean): boolean => {
     const v = own(c, name);
     if (v === undefined || v === null) return dflt;
     if (typeof v !== "boolean") throw fail(`"${name}" is ${preview(v)}; it must be true or false`);
     return v;
   };
-  if (bool("mlp_bias", false)) {
-    throw unsupported(`"mlp_bias" is true; MLP projections with biases are not implemented`);
+  return { c, fail, unsupported, int, positive, bool };
+}
+
+/** The model class: architectures[0], else the class of a known model_type; must be supported. */
+function readArchitecture(r: ConfigReader): string {
+  let architecture: string;
+  const archs = own(r.c, "architectures");
+  const modelType = own(r.c, "model_type");
+  if (archs !== undefined && archs !== null) {
+    if (!Array.isArray(archs) || archs.length === 0 || typeof archs[0] !== "string") {
+      throw r.fail(`"architectures" is ${preview(archs)}; it must be a list of class names`);
+    }
+    architecture = archs[0];
+  } else if (typeof modelType === "string" && Object.hasOwn(MODEL_TYPES, modelType)) {
+    architecture = MODEL_TYPES[modelType];
+  } else {
+    throw r.fail(
+      `neither "architectures" nor a known "model_type" says which model this is ` +
+        `(model_type is ${preview(modelType)})`,
+    );
+  }
+  if (!Object.hasOwn(SUPPORTED_ARCHITECTURES, architecture)) {
+    throw r.unsupported(
+      `the architecture ${quote(architecture)} is not supported; this tool runs ` +
+        `${supportedList()}`,
+    );
+  }
+  return architecture;
+}
+
+/** The sizes: D, H, KV (H a multiple of KV), HD (even; default ⌊D / H⌋), I, layers, vocab. */
+function readShape(r: ConfigReader) {
+  const D = r.int("hidden_size");
+  const H = r.int("num_attention_heads");
+  const I = r.int("intermediate_size");
+  const layers = r.int("num_hidden_layers");
+  const vocab = r.int("vocab_size");
+  const KV = r.int("num_key_value_heads", H);
+  if (H % KV !== 0) {
+    throw r.fail(
+      `num_attention_heads (${H}) is not a multiple of num_key_value_heads (${KV}); grouped ` +
+        "query attention needs every KV head to serve the same number of query heads",
+    );
+  }
+  const defaultHD = Math.floor(D / H);
+  if (defaultHD < 1 && (own(r.c, "head_dim") ?? null) === null) {
+    throw r.fail(
+      `hidden_size (${D}) is smaller than num_attention_heads (${H}) and no head_dim is given`,
+    );
+  }
+  const HD = r.int("head_dim", defaultHD);
+  if (HD % 2 !== 0) {
+    throw r.fail(
+      `the head dimension is ${HD}, an odd number; RoPE rotates pairs, so it must be even`,
+    );
+  }
+  return { D, H, KV, HD, I, layers, vocab };
+}
+
+/**
+ * RoPE: transformers 5's rope_parameters, else rope_theta + rope_scaling. Scaling types:
+ * "default" (none) and "llama3"; anything else is unsupported.
+ */
+function readRope(r: ConfigReader): RopeConfig {
+  const params = own(r.c, "rope_parameters");
+  let ropeField = "rope_scaling";
+  let scalingRaw: unknown = own(r.c, "rope_scaling");
+  let theta = r.positive(own(r.c, "rope_theta"), "rope_theta", 10000);
+  if (params !== undefined && params !== null) {
+    if (!isObject(params)) throw r.fail(`"rope_parameters" is ${preview(params)}, not an object`);
+    ropeField = "rope_parameters";
+    scalingRaw = params;
+    theta = r.positive(own(params, "rope_theta"), "rope_parameters.rope_theta", theta);
+  }
+  const rope: RopeConfig = { theta };
+  if (scalingRaw === undefined || scalingRaw === null) return rope;
+  if (!isObject(scalingRaw)) {
+    throw r.fail(`"${ropeField}" is ${preview(scalingRaw)}, not an object`);
+  }
+  const s = scalingRaw;
+  const type = own(s, "rope_type") ?? own(s, "type") ??
+    (ropeField === "rope_parameters" ? "default" : undefined);
+  if (typeof type !== "string") {
+    throw r.fail(`"${ropeField}" has rope_type ${preview(type)}; it must name a RoPE type`);
+  }
+  if (type === "llama3") rope.scaling = readLlama3Scaling(r, s, ropeField);
+  else if (type !== "default") {
+    throw r.unsupported(
+      `RoPE scaling type ${quote(type)} is not supported; only "llama3" (Llama 3.1 and ` +
+        `later) and "default" (no scaling) are implemented`,
+    );
+  }
+  return rope;
+}
+
+/** Llama 3.1's rope_scaling: factor, low/high frequency factors (high > low), original length. */
+function readLlama3Scaling(
+  r: ConfigReader,
+  s: Record<string, unknown>,
+  ropeField: string,
+): NonNullable<RopeConfig["scaling"]> {
+  const num = (k: string) => {
+    const v = own(s, k);
+    if (v === undefined || v === null) {
+      throw r.fail(`"${ropeField}" of type "llama3" is missing "${k}"`);
+    }
+    return r.positive(v, `${ropeField}.${k}`, 0);
+  };
+  const factor = num("factor");
+  const lowFreqFactor = num("low_freq_factor");
+  const highFreqFactor = num("high_freq_factor");
+  const original = num("original_max_position_embeddings");
+  if (!Number.isSafeInteger(original)) {
+    throw r.fail(
+      `"${ropeField}.original_max_position_embeddings" is ${original}; it must be an integer`,
+    );
+  }
+  if (!(highFreqFactor > lowFreqFactor)) {
+    throw r.fail(
+      `"${ropeField}" has high_freq_factor ${highFreqFactor} ≤ low_freq_factor ` +
+        `${lowFreqFactor}; llama3 scaling interpolates between them, so high must be larger`,
+    );
+  }
+  return {
+    type: "llama3",
+    factor,
+    lowFreqFactor,
+    highFreqFactor,
+    originalMaxPositionEmbeddings: original,
+  };
+}
+
+/**
+ * What each architecture switches on, and what we refuse: a non-SiLU MLP and MLP biases
+ * (any); q/k/v biases (Qwen2 always; Llama's attention_bias also biases o_proj: refused);
+ * the sliding window (Mistral, and Qwen2 with use_sliding_window).
+ */
+function readFeatures(r: ConfigReader, architecture: string) {
+  const act = own(r.c, "hidden_act") ?? "silu";
+  if (act !== "silu") {
+    throw r.unsupported(`"hidden_act" is ${preview(act)}; only "silu" (SwiGLU MLP) is implemented`);
+  }
+  if (r.bool("mlp_bias", false)) {
+    throw r.unsupported(`"mlp_bias" is true; MLP projections with biases are not implemented`);
   }
   let attentionBias = false;
   if (architecture === "Qwen2ForCausalLM") attentionBias = true;
-  else if (architecture === "LlamaForCausalLM" && bool("attention_bias", false)) {
-    throw unsupported(
+  else if (architecture === "LlamaForCausalLM" && r.bool("attention_bias", false)) {
+    throw r.unsupported(
       `"attention_bias" is true for LlamaForCausalLM, which then has a bias on o_proj as well ` +
         "as q/k/v; only q/k/v biases (Qwen2ForCausalLM) are implemented",
     );
   }
-
   let slidingWindow: number | undefined;
-  const sw = own(c, "sliding_window");
+  const sw = own(r.c, "sliding_window");
   const swOn = architecture === "MistralForCausalLM" ||
-    (architecture === "Qwen2ForCausalLM" && bool("use_sliding_window", false));
+    (architecture === "Qwen2ForCausalLM" && r.bool("use_sliding_window", false));
   if (swOn && sw !== undefined && sw !== null) {
     if (typeof sw !== "number" || !Number.isSafeInteger(sw) || sw < 1) {
-      throw fail(`"sliding_window" is ${preview(sw)}; it must be a positive integer or null`);
+      throw r.fail(`"sliding_window" is ${preview(sw)}; it must be a positive integer or null`);
     }
     slidingWindow = sw;
   }
-
-  const bos = own(c, "bos_token_id");
-  const cfg: ModelConfig = {
-    architecture,
-    D,
-    H,
-    KV,
-    HD,
-    I,
-    layers,
-    vocab,
-    eps,
-    rope,
-    attentionBias,
-    tieWordEmbeddings: bool("tie_word_embeddings", false),
-  };
-  if (typeof bos === "number" && Number.isSafeInteger(bos) && bos >= 0 && bos < vocab) {
-    cfg.bosTokenId = bos;
-  }
-  if (slidingWindow !== undefined) cfg.slidingWindow = slidingWindow;
-  return cfg;
+  return { attentionBias, slidingWindow };
 }
 
 /**

@@ -45,9 +45,9 @@ import {
 } from "../kernels/finite_check.ts";
 import type { ModelConfig } from "./config.ts";
 import { gatherEmbeddingRows, type Plan, type TensorRead } from "./plan.ts";
-import type { ByteSource } from "./source.ts";
+import type { ByteSource } from "./source/mod.ts";
 import type { TensorInfo } from "./safetensors.ts";
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 import { type StreamJob, WeightStream, type WeightStreamOptions } from "./weight_stream.ts";
 
 /** What the forward pass returns: the four captured tensors of layer L as f32. */

@@ -33,7 +33,7 @@
  * where there is one, the tensor.
  * @module
  */
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 
 /** The largest header accepted, in bytes (the reference implementation's limit). */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -179,12 +179,58 @@ function expectedBytes(dtype: string, shape: number[]): number | string {
 
 /**
  * Parses and validates the JSON header (the n bytes after the length field) of a file
- * of `fileSize` bytes. Returns absolute offsets.
+ * of `fileSize` bytes. Returns absolute offsets. The steps, in the order their errors are
+ * reported:
+ *
+ *   headerObject   the header fits the file and is UTF-8 JSON text of an object
+ *   metadata       "__metadata__": an object of strings
+ *   tensorEntry    per tensor: dtype, shape, data_offsets, bounds, shape × dtype size = span
+ *   checkTiling    sorted by offset, the tensors cover the data section exactly (no overlap,
+ *                  no gap, nothing after the last)
  */
 export function parseHeader(
   json: Uint8Array,
   a: { file: string; fileSize: number },
 ): SafetensorsHeader {
+  const { file, fileSize } = a;
+  const dataStart = 8 + json.byteLength;
+  const root = headerObject(json, a);
+  const dataBytes = fileSize - dataStart;
+  let metadata: Record<string, string> = {};
+  const entries: HeaderEntry[] = [];
+  for (const name of Object.keys(root)) {
+    if (name === "__metadata__") metadata = readMetadata(root[name], file);
+    else entries.push(tensorEntry(name, root[name], file, dataBytes));
+  }
+  entries.sort((x, y) => x.start - y.start || x.stop - y.stop);
+  checkTiling(entries, dataBytes, file);
+  const tensors = new Map<string, TensorInfo>();
+  for (const e of entries) {
+    tensors.set(e.name, {
+      name: e.name,
+      dtype: e.dtype,
+      shape: e.shape,
+      begin: dataStart + e.start,
+      end: dataStart + e.stop,
+    });
+  }
+  return { file, dataStart, tensors, metadata };
+}
+
+/** One tensor of a header, offsets relative to the data section. */
+interface HeaderEntry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  start: number;
+  stop: number;
+}
+
+/** The header bytes as a JSON object: they fit the file, start with "{", are UTF-8 and JSON. */
+function headerObject(
+  json: Uint8Array,
+  a: { file: string; fileSize: number },
+): Record<string, unknown> {
   const { file, fileSize } = a;
   const dataStart = 8 + json.byteLength;
   if (!(dataStart <= fileSize)) {
@@ -193,7 +239,6 @@ export function parseHeader(
       `the ${json.byteLength}-byte header runs past the end of the ${fileSize}-byte file`,
     );
   }
-  const dataBytes = fileSize - dataStart;
   if (json[0] !== 0x7b) {
     throw bad(file, `the header does not start with "{" (its first byte is ${json[0]})`);
   }
@@ -211,97 +256,120 @@ export function parseHeader(
     throw bad(file, `the header is not valid JSON (${why})`);
   }
   if (!isObject(root)) throw bad(file, `the header is ${preview(root)}, not a JSON object`);
+  return root;
+}
 
-  const metadata: Record<string, string> = {};
-  const entries: { name: string; dtype: string; shape: number[]; start: number; stop: number }[] =
-    [];
-  for (const name of Object.keys(root)) {
-    const value = root[name];
-    if (name === "__metadata__") {
-      if (!isObject(value)) {
-        throw bad(file, `"__metadata__" is ${preview(value)}, not an object of strings`);
-      }
-      for (const k of Object.keys(value)) {
-        const v = value[k];
-        if (typeof v !== "string") {
-          throw bad(file, `"__metadata__" entry ${quote(k)} is ${preview(v)}, not a string`);
-        }
-        // defineProperty keeps a key such as "__proto__" an ordinary own property.
-        Object.defineProperty(metadata, k, {
-          value: v,
-          enumerable: true,
-          writable: true,
-          configurable: true,
-        });
-      }
-      continue;
-    }
-    const where = `tensor ${quote(name)}`;
-    if (!isObject(value)) throw bad(file, `${where} is ${preview(value)}, not an object`);
-    const { dtype, shape, data_offsets: offsets } = value;
-    if (typeof dtype !== "string" || !DTYPE_BITS.has(dtype)) {
-      throw bad(
-        file,
-        `${where} has dtype ${preview(dtype)}, which is not a safetensors dtype (known: ` +
-          `${[...DTYPE_BITS.keys()].join(", ")})`,
-      );
-    }
-    if (!Array.isArray(shape)) {
-      throw bad(file, `${where} has shape ${preview(shape)}, not an array`);
-    }
-    for (const d of shape) {
-      if (typeof d !== "number" || !Number.isSafeInteger(d) || d < 0) {
-        throw bad(
-          file,
-          `${where} has a shape entry ${preview(d)}; every entry must be a non-negative integer`,
-        );
-      }
-    }
-    if (!Array.isArray(offsets) || offsets.length !== 2) {
-      throw bad(
-        file,
-        `${where} has data_offsets ${preview(offsets)}; it must be an array [begin, end]`,
-      );
-    }
-    const [start, stop] = offsets;
-    for (const o of [start, stop]) {
-      if (typeof o !== "number" || !Number.isSafeInteger(o) || o < 0) {
-        throw bad(
-          file,
-          `${where} has a data_offsets entry ${preview(o)}; offsets must be non-negative integers`,
-        );
-      }
-    }
-    if (start > stop) {
-      throw bad(
-        file,
-        `${where} has data_offsets [${start}, ${stop}] in the wrong order (begin > end)`,
-      );
-    }
-    if (stop > dataBytes) {
-      throw bad(
-        file,
-        `${where} has data_offsets [${start}, ${stop}], past the end of the ${dataBytes}-byte ` +
-          "data section",
-      );
-    }
-    const want = expectedBytes(dtype, shape as number[]);
-    if (want !== stop - start) {
-      throw bad(
-        file,
-        `${where} is ${dtype} of shape ${showShape(shape as number[])}, ` +
-          `${typeof want === "number" ? `${want} bytes` : want}, but its data_offsets ` +
-          `[${start}, ${stop}] span ${stop - start} bytes`,
-      );
-    }
-    entries.push({ name, dtype, shape: (shape as number[]).slice(), start, stop });
+/** "__metadata__": an object whose values are all strings (any key, "__proto__" included). */
+function readMetadata(value: unknown, file: string): Record<string, string> {
+  if (!isObject(value)) {
+    throw bad(file, `"__metadata__" is ${preview(value)}, not an object of strings`);
   }
+  const metadata: Record<string, string> = {};
+  for (const k of Object.keys(value)) {
+    const v = value[k];
+    if (typeof v !== "string") {
+      throw bad(file, `"__metadata__" entry ${quote(k)} is ${preview(v)}, not a string`);
+    }
+    // defineProperty keeps a key such as "__proto__" an ordinary own property.
+    Object.defineProperty(metadata, k, {
+      value: v,
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  }
+  return metadata;
+}
 
-  // Sorted by offset, the tensors must tile [0, dataBytes) exactly.
-  entries.sort((x, y) => x.start - y.start || x.stop - y.stop);
+/**
+ * One tensor's entry, checked on its own: a known dtype, a shape of non-negative integers,
+ * data_offsets [begin, end] in order and inside the `dataBytes`-byte data section, spanning
+ * exactly the bytes its dtype and shape need.
+ */
+function tensorEntry(name: string, value: unknown, file: string, dataBytes: number): HeaderEntry {
+  const where = `tensor ${quote(name)}`;
+  if (!isObject(value)) throw bad(file, `${where} is ${preview(value)}, not an object`);
+  const { dtype, shape, data_offsets: offsets } = value;
+  if (typeof dtype !== "string" || !DTYPE_BITS.has(dtype)) {
+    throw bad(
+      file,
+      `${where} has dtype ${preview(dtype)}, which is not a safetensors dtype (known: ` +
+        `${[...DTYPE_BITS.keys()].join(", ")})`,
+    );
+  }
+  const dims = checkShape(shape, where, file);
+  const [start, stop] = checkOffsets(offsets, where, file, dataBytes);
+  const want = expectedBytes(dtype, dims);
+  if (want !== stop - start) {
+    throw bad(
+      file,
+      `${where} is ${dtype} of shape ${showShape(dims)}, ` +
+        `${typeof want === "number" ? `${want} bytes` : want}, but its data_offsets ` +
+        `[${start}, ${stop}] span ${stop - start} bytes`,
+    );
+  }
+  return { name, dtype, shape: dims.slice(), start, stop };
+}
+
+/** A shape: an array of non-negative integers. */
+function checkShape(shape: unknown, where: string, file: string): number[] {
+  if (!Array.isArray(shape)) {
+    throw bad(file, `${where} has shape ${preview(shape)}, not an array`);
+  }
+  for (const d of shape) {
+    if (typeof d !== "number" || !Number.isSafeInteger(d) || d < 0) {
+      throw bad(
+        file,
+        `${where} has a shape entry ${preview(d)}; every entry must be a non-negative integer`,
+      );
+    }
+  }
+  return shape as number[];
+}
+
+/** data_offsets: [begin, end], non-negative integers, begin ≤ end ≤ the data section's size. */
+function checkOffsets(
+  offsets: unknown,
+  where: string,
+  file: string,
+  dataBytes: number,
+): [number, number] {
+  if (!Array.isArray(offsets) || offsets.length !== 2) {
+    throw bad(
+      file,
+      `${where} has data_offsets ${preview(offsets)}; it must be an array [begin, end]`,
+    );
+  }
+  const [start, stop] = offsets;
+  for (const o of [start, stop]) {
+    if (typeof o !== "number" || !Number.isSafeInteger(o) || o < 0) {
+      throw bad(
+        file,
+        `${where} has a data_offsets entry ${preview(o)}; offsets must be non-negative integers`,
+      );
+    }
+  }
+  if (start > stop) {
+    throw bad(
+      file,
+      `${where} has data_offsets [${start}, ${stop}] in the wrong order (begin > end)`,
+    );
+  }
+  if (stop > dataBytes) {
+    throw bad(
+      file,
+      `${where} has data_offsets [${start}, ${stop}], past the end of the ${dataBytes}-byte ` +
+        "data section",
+    );
+  }
+  return [start, stop];
+}
+
+/** Sorted by offset, the tensors must tile [0, dataBytes) exactly: no overlap, no gap. */
+function checkTiling(sorted: HeaderEntry[], dataBytes: number, file: string): void {
   let cursor = 0;
   let last = "";
-  for (const e of entries) {
+  for (const e of sorted) {
     if (e.start < cursor) {
       throw bad(
         file,
@@ -327,17 +395,6 @@ export function parseHeader(
         "; the file is longer than its header describes",
     );
   }
-  const tensors = new Map<string, TensorInfo>();
-  for (const e of entries) {
-    tensors.set(e.name, {
-      name: e.name,
-      dtype: e.dtype,
-      shape: e.shape,
-      begin: dataStart + e.start,
-      end: dataStart + e.stop,
-    });
-  }
-  return { file, dataStart, tensors, metadata };
 }
 
 /** A tensor's description for {@linkcode safetensorsPrefix}: its data is written separately. */

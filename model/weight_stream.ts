@@ -25,7 +25,7 @@
  * @module
  */
 import type { Gpu } from "../kernels/gpu.ts";
-import type { ByteSource } from "./source.ts";
+import type { ByteSource } from "./source/mod.ts";
 
 /** One range of a file to land in `dst` at `dstOffset` bytes. */
 export interface StreamJob {

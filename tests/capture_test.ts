@@ -7,8 +7,8 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { join } from "node:path";
 import { captureLayer } from "../model/capture.ts";
 import { parseConfigText } from "../model/config.ts";
-import { GqaError } from "../model/errors.ts";
-import { openSource } from "../model/source.ts";
+import { GqaError } from "../errors.ts";
+import { openSource } from "../model/source/mod.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";

@@ -8,10 +8,13 @@
  * the structure the module documents: data rects of class "k"/"q" inside
  * `<g class="cell" id="cell-g{g}-h{h}">`, each with a `<title>` tooltip
  * "KV head g · Q head h · [token t "…" · ]dim d · K = v", and labels as classed `<text>`.
+ * The layout model (viz/layout.ts) is tested for what its later users rely on: the SVG is
+ * exactly its writing out (a pinned hash), it is plain data, and its functions run the same
+ * when embedded by their source text.
  * @module
  */
 import assert from "node:assert/strict";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import {
   divergingHex,
   formatTick,
@@ -24,10 +27,12 @@ import {
   escapeXml,
   type GridCapture,
   type GridOptions,
+  gridSvg,
   renderGqaGrid,
   sharingLegend,
   visibleToken,
 } from "../viz/grid_svg.ts";
+import { GRID_LAYOUT_FUNCTIONS, type GridLayout, gridProblem, layoutGrid } from "../viz/layout.ts";
 
 // ---------------------------------------------------------------------------------------
 // Seeded data (mulberry32 + Box-Muller; kept here so this GPU-free test does not import
@@ -605,6 +610,82 @@ Deno.test("renderGqaGrid() rejects bad options with GqaError('bad-input') naming
     () => renderGqaGrid(ragged, BASE),
     (e: unknown) => e instanceof GqaError && /multiple of KV/.test(e.message),
   );
+});
+
+// ---------------------------------------------------------------------------------------
+// The layout model (viz/layout.ts)
+
+/** Option combinations over GQA, MHA and MQA shapes, for the pinned-output and embed tests. */
+function layoutCases(): [GridCapture, GridOptions][] {
+  const gqa = makeCapture({ ...LLAMA, seed: 20240611 });
+  const mha = makeCapture({ T: 4, H: 6, KV: 6, HD: 10, seed: 99 });
+  const mqa = makeCapture({
+    T: 3,
+    H: 5,
+    KV: 1,
+    HD: 9,
+    seed: 5,
+    texts: [" a&b", "<\n>", "\u00a0x"],
+  });
+  const withQRope = { ...gqa, qRope: normals(77, gqa.T * gqa.H * gqa.HD) };
+  const nan = makeCapture({ T: 3, H: 4, KV: 2, HD: 8, seed: 15 });
+  nan.k[3] = Number.NaN;
+  nan.q[1] = Number.NaN;
+  const cases: [GridCapture, GridOptions][] = [];
+  for (const c of [gqa, mha, mqa, withQRope, nan]) {
+    for (const token of [0, c.T - 1, "all"] as const) {
+      for (const [rope, show] of [["pre", "k"], ["post", "qk"], ["pre", "qk"]] as const) {
+        cases.push([c, { token, dims: token === "all" ? 7 : 20, rope, show }]);
+      }
+    }
+  }
+  cases.push([gqa, { token: 1, dims: 3, rope: "post", show: "k", clipPercentile: 100 }]);
+  cases.push([mha, { token: "all", dims: 4, rope: "pre", show: "qk", clipPercentile: 99.5 }]);
+  return cases;
+}
+
+Deno.test("renderGqaGrid() output is pinned: layout + SVG writer reproduce the pre-split bytes", async () => {
+  // The hash of every case's SVG, recorded with the single-function renderer before it was
+  // split into viz/layout.ts + viz/grid_svg.ts. Any change to the picture changes it: update
+  // it only for an intended change to the drawing.
+  const svgs = layoutCases().map(([c, o]) => renderGqaGrid(c, o)).join("\u0000");
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(svgs));
+  const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  assert.equal(hex, "12979cc5ea88b48127eaa67d21d26d5649dea8b34a181e091190f6b8ab808998");
+});
+
+Deno.test("layoutGrid() is plain data that gridSvg() writes out as renderGqaGrid() does", () => {
+  for (const [c, o] of layoutCases().slice(0, 9)) {
+    const layout = layoutGrid(c, o);
+    const copy: GridLayout = JSON.parse(JSON.stringify(layout));
+    // JSON keeps everything but NaN values (null); the cases without NaN round-trip exactly
+    const squares = layout.rows.flatMap((r) => r.cells.flatMap((x) => x.blocks))
+      .flatMap((b) => b.squares);
+    if (squares.every((s) => !Number.isNaN(s.value))) assert.deepEqual(copy, layout);
+    assert.equal(gridSvg(copy), renderGqaGrid(c, o));
+    const nT = o.token === "all" ? c.T : 1;
+    assert.equal(squares.length, c.H * Math.min(o.dims, c.HD) * nT * (o.show === "qk" ? 2 : 1));
+  }
+});
+
+Deno.test("layoutGrid() runs identically from its functions' source text (for an HTML page)", () => {
+  const source = GRID_LAYOUT_FUNCTIONS.map(String).join("\n");
+  // the same text a page would put in a <script>: no imports, no module state
+  assert.ok(!/\bimport\b|\bexport\b/.test(source), "the embedded source must not import");
+  const embedded = new Function(
+    "capture",
+    "opts",
+    `${source}\nconst problem = gridProblem(capture, opts);\n` +
+      `return problem === null ? layoutGrid(capture, opts) : problem;`,
+  ) as (c: GridCapture, o: GridOptions) => GridLayout | string;
+  for (const [c, o] of layoutCases()) {
+    assert.deepEqual(embedded(c, o), layoutGrid(c, o), JSON.stringify(o));
+  }
+  const c = makeCapture({ ...LLAMA, seed: 3 });
+  const bad: GridOptions = { ...BASE, token: 9 };
+  assert.equal(embedded(c, bad), gridProblem(c, bad));
+  assert.match(gridProblem(c, bad)!, /token \(--token\) 9 is out of range/);
+  assert.equal(gridProblem(c, BASE), null);
 });
 
 // ---------------------------------------------------------------------------------------

@@ -17,32 +17,42 @@
  * |value| over everything drawn, so one outlier (Llama has a few large K dimensions) does not
  * wash every other cell out to white; values beyond clip take the end colours.
  *
- * Everything here is pure and deterministic: the same input gives the same hex string.
+ * Everything here is pure and deterministic: the same input gives the same hex string. No
+ * function reads module state or imports anything, so a page can embed them by their source
+ * text ({@linkcode COLOUR_SCALE_FUNCTIONS}) and get the very same colours.
  * @module
  */
-
-/** ColorBrewer RdBu (11 classes), from most negative (dark blue) to most positive (dark red). */
-const ANCHORS = [
-  "#053061",
-  "#2166ac",
-  "#4393c3",
-  "#92c5de",
-  "#d1e5f0",
-  "#f7f7f7",
-  "#fddbc7",
-  "#f4a582",
-  "#d6604d",
-  "#b2182b",
-  "#67001f",
-] as const;
 
 /** The colour for NaN (not on the scale): a mid grey, distinct from the near-white centre. */
 export const NAN_HEX = "#8c8c8c";
 
 type Lab = [number, number, number];
 
-// D65 reference white, XYZ scaled so that Y = 1.
-const XN = 0.95047, YN = 1.0, ZN = 1.08883;
+/**
+ * ColorBrewer RdBu (11 classes), from most negative (dark blue) to most positive (dark red).
+ * A function rather than a module constant so that every function here is self-contained
+ * (see {@linkcode COLOUR_SCALE_FUNCTIONS}).
+ */
+function rdbuAnchors(): string[] {
+  return [
+    "#053061",
+    "#2166ac",
+    "#4393c3",
+    "#92c5de",
+    "#d1e5f0",
+    "#f7f7f7",
+    "#fddbc7",
+    "#f4a582",
+    "#d6604d",
+    "#b2182b",
+    "#67001f",
+  ];
+}
+
+/** The D65 reference white [Xn, Yn, Zn], XYZ scaled so that Y = 1. */
+function d65White(): Lab {
+  return [0.95047, 1.0, 1.08883];
+}
 
 function srgbToLinear(c: number): number {
   return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
@@ -53,6 +63,7 @@ function linearToSrgb(c: number): number {
 }
 
 function hexToLab(hex: string): Lab {
+  const [XN, YN, ZN] = d65White();
   const n = parseInt(hex.slice(1), 16);
   const r = srgbToLinear(((n >> 16) & 255) / 255);
   const g = srgbToLinear(((n >> 8) & 255) / 255);
@@ -66,6 +77,7 @@ function hexToLab(hex: string): Lab {
 }
 
 function labToHex([L, a, bb]: Lab): string {
+  const [XN, YN, ZN] = d65White();
   const fy = (L + 16) / 116, fx = fy + a / 500, fz = fy - bb / 200;
   const inv = (f: number) => (f ** 3 > 216 / 24389 ? f ** 3 : (116 * f - 16) / (24389 / 27));
   const x = inv(fx) * XN, y = inv(fy) * YN, z = inv(fz) * ZN;
@@ -79,8 +91,6 @@ function labToHex([L, a, bb]: Lab): string {
   return `#${byte(r)}${byte(g)}${byte(b)}`;
 }
 
-const ANCHORS_LAB: Lab[] = ANCHORS.map(hexToLab);
-
 /**
  * The colour at position `s` of the diverging scale: −1 dark blue, 0 near white, +1 dark red.
  * `s` outside [−1, 1] is clamped; NaN gives {@linkcode NAN_HEX}.
@@ -93,13 +103,14 @@ const ANCHORS_LAB: Lab[] = ANCHORS.map(hexToLab);
  * ```
  */
 export function divergingHex(s: number): string {
-  if (Number.isNaN(s)) return NAN_HEX;
+  if (Number.isNaN(s)) return "#8c8c8c"; // NAN_HEX, spelled out to keep this self-contained
+  const anchors = rdbuAnchors();
   const c = Math.min(1, Math.max(-1, s));
-  const i = (c + 1) / 2 * (ANCHORS.length - 1);
-  const lo = Math.floor(i), hi = Math.min(lo + 1, ANCHORS.length - 1);
+  const i = (c + 1) / 2 * (anchors.length - 1);
+  const lo = Math.floor(i), hi = Math.min(lo + 1, anchors.length - 1);
   const f = i - lo;
-  if (f === 0) return ANCHORS[lo];
-  const a = ANCHORS_LAB[lo], b = ANCHORS_LAB[hi];
+  if (f === 0) return anchors[lo];
+  const a = hexToLab(anchors[lo]), b = hexToLab(anchors[hi]);
   return labToHex([a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, a[2] + (b[2] - a[2]) * f]);
 }
 
@@ -114,7 +125,7 @@ export function divergingHex(s: number): string {
  * ```
  */
 export function valueToHex(value: number, clip: number): string {
-  if (Number.isNaN(value)) return NAN_HEX;
+  if (Number.isNaN(value)) return divergingHex(NaN);
   if (value === Infinity) return divergingHex(1);
   if (value === -Infinity) return divergingHex(-1);
   return divergingHex(value / clip);
@@ -170,3 +181,22 @@ export function formatTick(v: number, step: number): string {
   if (Number(s) === 0) return "0";
   return v < 0 ? `\u2212${s}` : s;
 }
+
+/**
+ * Every function of the colour scale, the private helpers included, in an order that can be
+ * pasted into a script: `COLOUR_SCALE_FUNCTIONS.map(String).join("\n")` defines them all by
+ * their names (no function here refers to anything outside this list).
+ */
+export const COLOUR_SCALE_FUNCTIONS: readonly ((...args: never[]) => unknown)[] = [
+  rdbuAnchors,
+  d65White,
+  srgbToLinear,
+  linearToSrgb,
+  hexToLab,
+  labToHex,
+  divergingHex,
+  valueToHex,
+  percentileAbs,
+  niceTicks,
+  formatTick,
+];
