@@ -15,6 +15,7 @@ import { type Gpu, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
 import { checkShapes, type ModelConfig, parseConfigText } from "./config.ts";
 import { GqaError } from "../errors.ts";
 import { runForward } from "./forward.ts";
+import type { WeightStreamOptions } from "./weight_stream.ts";
 import { type Plan, planCapture } from "./plan.ts";
 import { type ByteSource, openSource, type OpenSourceOptions } from "./source/mod.ts";
 import { loadTensorIndex } from "./tensors.ts";
@@ -81,8 +82,16 @@ export interface CaptureOptions {
   gpu?: Gpu;
   /** Receives one-line status messages (the plan); default none. */
   log?: (line: string) => void;
-  /** Check every step for NaN/Inf (default true). */
+  /** Check every layer for NaN/Inf and name the step where one appears (default true). */
   checkFinite?: boolean;
+  /**
+   * Compute token 0 only (T = 1) when nothing but token 0 will be looked at. This is exact:
+   * attention is causal, so token 0 never sees the tokens after it, and its Q, K and V are
+   * the same as in the full prompt's run. The capture then has T = 1.
+   */
+  firstTokenOnly?: boolean;
+  /** Staging piece and ring sizes of the weight stream (tests make them tiny). */
+  stream?: WeightStreamOptions;
   /** More source options (Hugging Face cache folder, retry policy, fetch), for tests. */
   source?: Partial<OpenSourceOptions>;
 }
@@ -152,7 +161,9 @@ export async function captureLayer(
   checkShapes(config, tensors, opts.layer);
 
   // 2. Tokens, then the plan: exactly the byte ranges this layer needs.
-  const { ids, texts } = await tokenize(src, opts);
+  const tokenized = await tokenize(src, opts);
+  const ids = opts.firstTokenOnly ? tokenized.ids.slice(0, 1) : tokenized.ids;
+  const texts = tokenized.texts;
   const plan = planCapture({ config, tensors, layer: opts.layer, tokenIds: ids });
   opts.log?.(plan.describe(src.name));
   src.expectBytes?.(plan.bytes);
@@ -169,6 +180,7 @@ export async function captureLayer(
     plan,
     tokenIds: ids,
     checkFinite: opts.checkFinite,
+    stream: opts.stream,
   }).finally(() => {
     src.close?.();
     if (!opts.gpu) gpu.destroy(); // a device we made is ours to release

@@ -84,11 +84,6 @@ export class WeightStream {
     this.#flushBytes = opts.flushBytes ?? Infinity;
   }
 
-  /** Host pieces created so far (for tests: the ring never grows past its size). */
-  get pieces(): number {
-    return this.#all.length;
-  }
-
   /** A host piece: a free one, a new one while the ring has room, else the next freed. */
   #acquire(): Promise<Uint8Array> {
     const b = this.#free.pop();

@@ -163,6 +163,8 @@ async function run(args: string[], io: Io): Promise<number> {
     tokenIds,
     progress: !quiet,
     log,
+    // Only token 0 is drawn and nothing else is saved: run T = 1 (exact, attention is causal).
+    firstTokenOnly: token === 0 && !o["save-tensors"],
   }).finally(() => {
     // Release the device before exit: Mesa's drivers have crashed when left to teardown.
     if (!io.gpu) gpu.destroy();
@@ -178,7 +180,9 @@ async function run(args: string[], io: Io): Promise<number> {
   }
   const r = cap.report;
   log?.(
-    `layer ${layer}: ${cap.T} tokens, ${(r.bytesFetched / 1e9).toFixed(3)} GB fetched in ` +
+    `layer ${layer}: ${cap.T} token${cap.T === 1 ? "" : "s"}, ${
+      (r.bytesFetched / 1e9).toFixed(3)
+    } GB fetched in ` +
       `${r.requests} requests, ${r.layerSeconds.reduce((a, b) => a + b, 0).toFixed(2)} s on ` +
       `${r.adapter}`,
   );

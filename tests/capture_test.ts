@@ -158,6 +158,54 @@ gpuTest(
 );
 
 gpuTest(
+  "captureLayer({ firstTokenOnly }) runs T = 1 and gives token 0's Q, K, V of the whole prompt",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const all = await captureLayer({
+      model: dir,
+      layer: 3,
+      tokenIds: TOKENS,
+      gpu,
+      progress: false,
+    });
+    const one = await captureLayer({
+      model: dir,
+      layer: 3,
+      tokenIds: TOKENS,
+      gpu,
+      progress: false,
+      firstTokenOnly: true,
+    });
+    assertEquals([one.T, one.tokenIds], [1, [TOKENS[0]]]);
+    for (const key of ["q", "k", "kRope", "qRope", "v"] as const) {
+      const row = one[key].length;
+      assertEquals(row, all[key].length / TOKENS.length);
+      const err = relL2(one[key], all[key].subarray(0, row));
+      assert(
+        err <= 1e-6,
+        `${key}: relative L2 ${err} between T = 1 and token 0 of T = ${TOKENS.length}`,
+      );
+    }
+    assert(one.report.plan.bytes < all.report.plan.bytes, "one embedding row instead of several");
+  },
+);
+
+gpuTest(
+  "captureLayer() streams weights through a ring of tiny pieces and gets the same K",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const base = { model: dir, layer: 3, tokenIds: TOKENS, gpu, progress: false };
+    const a = await captureLayer(base);
+    // 1000-byte pieces, 3 in the ring: many pieces per tensor, most waiting for a free
+    // slot, tensors not a whole number of pieces.
+    const b = await captureLayer({ ...base, stream: { pieceBytes: 1000, ringBytes: 3000 } });
+    assertEquals(Array.from(b.k), Array.from(a.k));
+    assertEquals(Array.from(b.v), Array.from(a.v));
+    assertEquals(Array.from(b.qRope), Array.from(a.qRope));
+  },
+);
+
+gpuTest(
   "captureLayer(): a layer out of range names the valid range before reading tensors",
   async (gpu) => {
     const { dir } = await makeTinyModel();
