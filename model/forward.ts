@@ -48,7 +48,12 @@ import { gatherEmbeddingRows, type Plan, type TensorRead } from "./plan.ts";
 import type { ByteSource } from "./source/mod.ts";
 import type { TensorInfo } from "./safetensors.ts";
 import { GqaError } from "../errors.ts";
-import { type StreamJob, WeightStream, type WeightStreamOptions } from "./weight_stream.ts";
+import {
+  DEFAULT_RING_BYTES,
+  type StreamJob,
+  WeightStream,
+  type WeightStreamOptions,
+} from "./weight_stream.ts";
 
 /** What the forward pass returns: the four captured tensors of layer L as f32. */
 export interface ForwardResult {
@@ -295,15 +300,11 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
   // 1. Buffers shared by every layer: the layer's weights, scratch activations, RoPE tables,
   //    capture targets, the residual before the current layer (to re-run it on a NaN).
   const slots = new LayerSlots(gpu, a.tensors);
-  const ws = new WeightStream(
-    gpu,
-    src,
-    a.stream ??
-      {
-        ringBytes: Number(Deno.env.get("GQA_RING") ?? 256) << 20,
-        pieceBytes: Number(Deno.env.get("GQA_PIECE") ?? 16) << 20,
-      },
-  );
+  // A network source reads ahead enough to keep all its connections busy.
+  const ws = new WeightStream(gpu, src, {
+    ringBytes: Math.max(DEFAULT_RING_BYTES, src.readAheadBytes ?? 0),
+    ...a.stream,
+  });
   const s = allocScratch(gpu, dims);
   const { cos, sin } = ropeTables({ T, HD: cfg.HD, cfg: cfg.rope, posOffset: 0 });
   gpu.write(s.cos, cos);

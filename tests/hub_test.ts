@@ -362,12 +362,14 @@ Deno.test("HubSource: a redirect to another origin drops the token, and the down
   assertBytes(await src.read("model.safetensors", 9, 99), WEIGHTS.subarray(9, 99), "small");
   assert(s.hub.stats.cdnRequests >= 2, "the CDN served the file");
   assertEquals(s.hub.stats.cdnAuthorizationSeen, 0);
-  assert(s.hub.stats.hubAuthorizationSeen >= 3, "the Hub itself got the token");
+  assert(s.hub.stats.hubAuthorizationSeen >= 2, "the Hub itself got the token");
   // An error at the CDN is the CDN's, not a token problem, and its signed URL is not shown.
+  // (Twice: the first 403 only says the remembered URL expired, and the file is resolved again.)
   s.hub.addFault({
     fault: { kind: "status", status: 403 },
     file: "model.safetensors",
     server: "cdn",
+    times: 2,
   });
   const e = await gqaError(src.read("model.safetensors", 2_000_000, 2_000_100));
   assertEquals(e.code, "network");

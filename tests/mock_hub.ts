@@ -13,6 +13,9 @@
  *   X-Linked-Size and X-Linked-ETag, as the Hub does for large files
  * ```
  *
+ * `bytesPerSecond` caps each answer's body, as a CDN caps each connection (for the download
+ * benchmark, scripts/bench_download.ts).
+ *
  * Faults ({@linkcode MockFaultRule}) apply to the next `times` matching requests: an HTTP
  * status (401/403/404/429/500/503…), a connection reset after k body bytes, a body that
  * stalls, a body longer or shorter than its Content-Range, or Range ignored (200 + the
@@ -91,6 +94,11 @@ export interface MockHubOptions {
   redirect?: boolean | RegExp;
   /** Body chunk size (default 64 KiB). */
   chunkSize?: number;
+  /**
+   * Cap every answer's body at this many bytes per second (default: no cap), as a CDN caps
+   * each connection: N requests side by side get N times the rate. For benchmarks.
+   */
+  bytesPerSecond?: number;
 }
 
 /** One request, as the mock saw it (never the token itself). */
@@ -117,6 +125,8 @@ export interface MockHubStats {
   hubAuthorizationSeen: number;
   /** CDN requests that carried an Authorization header (should stay 0). */
   cdnAuthorizationSeen: number;
+  /** The most answer bodies that were being sent at once (both servers). */
+  maxBodiesInFlight: number;
   log: MockRequestLog[];
 }
 
@@ -207,6 +217,7 @@ function emptyStats(): MockHubStats {
     bytesServed: 0,
     hubAuthorizationSeen: 0,
     cdnAuthorizationSeen: 0,
+    maxBodiesInFlight: 0,
     log: [],
   };
 }
@@ -215,6 +226,13 @@ function emptyStats(): MockHubStats {
 class Counters {
   stats = emptyStats();
   readonly perFile = new Map<string, number>();
+  #inFlight = 0;
+
+  /** A body starts (+1) or ends (-1). */
+  bodyInFlight(delta: 1 | -1): void {
+    this.#inFlight += delta;
+    this.stats.maxBodiesInFlight = Math.max(this.stats.maxBodiesInFlight, this.#inFlight);
+  }
 
   /** Counts a request at `server` and starts its log entry. */
   logRequest(server: "hub" | "cdn", req: Request) {
@@ -366,7 +384,11 @@ class BodyServer {
   /** Releases every stalled body (on close). */
   readonly stalls = new Set<() => void>();
 
-  constructor(readonly counters: Counters, readonly chunk: number) {}
+  constructor(
+    readonly counters: Counters,
+    readonly chunk: number,
+    readonly bytesPerSecond = Infinity,
+  ) {}
 
   /** The answer with a body for `req`, with `fault` applied; `note` says which, for the log. */
   async serve(
@@ -451,10 +473,14 @@ class BodyServer {
     let sent = 0;
     let release: (() => void) | undefined;
     const limit = a.stopAfter !== undefined ? Math.min(a.stopAfter, a.count) : a.count;
+    let ended = false;
+    this.counters.bodyInFlight(1);
     const done = () => {
       handle?.close();
       handle = undefined;
       if (release) this.stalls.delete(release);
+      if (!ended) this.counters.bodyInFlight(-1);
+      ended = true;
     };
     const stall = (ms: number) =>
       new Promise<void>((res) => {
@@ -465,6 +491,12 @@ class BodyServer {
         };
         this.stalls.add(release);
       });
+    let started: number | undefined;
+    const pace = async (n: number) => { // the bandwidth cap: a chunk leaves once "sent"
+      started ??= performance.now();
+      const due = started + ((sent + n) / this.bytesPerSecond) * 1000 - performance.now();
+      if (due > 1) await new Promise((r) => setTimeout(r, due));
+    };
     return new ReadableStream<Uint8Array>({
       pull: async (c) => {
         if (sent >= limit) {
@@ -475,6 +507,7 @@ class BodyServer {
         }
         handle ??= await src.open();
         const n = Math.min(this.chunk, limit - sent);
+        if (Number.isFinite(this.bytesPerSecond)) await pace(n);
         const bytes = await readPadded(handle, src.size, a.from + sent, n);
         sent += n;
         this.counters.countBytes(a.path, n);
@@ -661,7 +694,7 @@ function resolveRevision(repo: MockRepo, rev: string): string | undefined {
 export function startMockHub(o: MockHubOptions): Promise<MockHub> {
   const counters = new Counters();
   const faults = new FaultBook(o.faults);
-  const bodies = new BodyServer(counters, o.chunkSize ?? 65536);
+  const bodies = new BodyServer(counters, o.chunkSize ?? 65536, o.bytesPerSecond);
   const routes = new MockRoutes(o, counters, faults, bodies);
   const quiet = { hostname: "127.0.0.1", port: 0, onListen() {} };
   const hub = Deno.serve(quiet, routes.hub);

@@ -55,6 +55,11 @@ export interface ByteSource {
   expectBytes?(total: number): void;
   /** Optional: ends the run's progress bar (erases it). Reading again afterwards is allowed. */
   close?(): void;
+  /**
+   * Optional: how many bytes of reads to keep in flight to keep this source busy (a Hub
+   * source: its connections × its piece size). Readers that stream may read this far ahead.
+   */
+  readonly readAheadBytes?: number;
 }
 
 /** An environment variable, or undefined when unset or not permitted. */

@@ -12,8 +12,9 @@
  * the file, else this tool's range cache for the ranges it holds, else the network. With
  * `offline` (`HF_HUB_OFFLINE=1`) the network is never touched. The two caches arrive as
  * base.ts's `HfSnapshots` and `RangeStore` (open.ts passes in hf_cache.ts's and
- * range_cache.ts's), so this file imports neither; network reads of a range go through
- * `#fetchRange`, one call of the fetch per range.
+ * range_cache.ts's), so this file imports neither. A read is split into pieces of 8 MiB
+ * (pool.ts); each piece comes from the range cache or from one call of the fetch
+ * (`#fetchRange`) through the run's one pool of 16 concurrent requests.
  *
  * Reads use the resolve URL with the COMMIT sha (not the branch), so a branch that moves
  * during a run cannot mix two versions of a model.
@@ -36,6 +37,7 @@ import {
 } from "./base.ts";
 import { HubError, hubFetch, type RetryOptions } from "./hub_fetch.ts";
 import type { Progress } from "./progress.ts";
+import { DEFAULT_CONNECTIONS, DEFAULT_PIECE_BYTES, DownloadPool, splitRange } from "./pool.ts";
 import { cleanToken } from "./token.ts";
 
 /** Options of {@linkcode HubSource.open}. */
@@ -55,6 +57,10 @@ export interface HubSourceOptions {
   retry?: RetryOptions;
   fetch?: typeof fetch;
   progress?: Progress;
+  /** Requests in flight at once, for every read of this source together (default 16). */
+  connections?: number;
+  /** Network reads are split into pieces of this many bytes (default 8 MiB). */
+  pieceBytes?: number;
 }
 
 type FileInfo =
@@ -80,6 +86,8 @@ export class HubSource implements ByteSource {
   readonly #hf?: HfSnapshots;
   readonly #infos = new Map<string, Promise<FileInfo | null>>();
   readonly #blobs = new Map<string, Blob>();
+  readonly #pool: DownloadPool;
+  readonly #pieceBytes: number;
 
   private constructor(o: HubSourceOptions) {
     this.#o = o;
@@ -87,6 +95,8 @@ export class HubSource implements ByteSource {
     this.#revision = o.revision;
     this.#host = new URL(o.endpoint).host;
     this.#hf = o.hfCache;
+    this.#pool = new DownloadPool(o.connections ?? DEFAULT_CONNECTIONS);
+    this.#pieceBytes = o.pieceBytes ?? DEFAULT_PIECE_BYTES;
     this.#fetch = hubFetch({
       endpoint: o.endpoint,
       token: o.token,
@@ -104,6 +114,11 @@ export class HubSource implements ByteSource {
       errorFor: (a) => this.#httpError(a),
       describe: (u) => this.#describe(u),
     });
+  }
+
+  /** Reads in flight that keep every connection of the pool busy: connections × piece size. */
+  get readAheadBytes(): number {
+    return this.#pool.size * this.#pieceBytes;
   }
 
   /** Commit sha when known (always, after `open`, unless the server does not send one). */
@@ -335,9 +350,23 @@ export class HubSource implements ByteSource {
       this.#o.progress?.add(bytes.length);
       return bytes;
     }
+    // Pieces of ≤ 8 MiB, each from the range cache or one request through the pool, side by
+    // side, each cached as it lands; assembled in place.
+    const pieces = splitRange(begin, end, this.#pieceBytes);
+    const out = into ?? new Uint8Array(end - begin);
+    await Promise.all(pieces.map(async ([b, e]) => {
+      out.set(await this.#piece(file, info, b, e), b - begin);
+    }));
+    return out;
+  }
+
+  /** Bytes [begin, end) of one piece: from the range cache, else one pooled request. */
+  async #piece(file: string, info: FileInfo & { kind: "hub" }, begin: number, end: number) {
+    const fetchRange = (b: number, e: number) =>
+      this.#pool.run(() => this.#fetchRange(file, info, b, e));
     const cached = this.#cached(file);
-    if (!cached) return await this.#fetchRange(file, info, begin, end);
-    const r = await cached.read(begin, end, (b, e) => this.#fetchRange(file, info, b, e));
+    if (!cached) return await fetchRange(begin, end);
+    const r = await cached.read(begin, end, fetchRange);
     this.stats.bytesFromCache = (this.stats.bytesFromCache ?? 0) + r.fromCache;
     this.#o.progress?.add(r.fromCache);
     return r.bytes;

@@ -6,7 +6,9 @@
  * 1. **Redirects and auth** ({@linkcode HubFetcher.hops}). Redirects are followed by hand;
  *    the `Authorization` header is added to a request only when its origin is the Hub's,
  *    so a redirect to the CDN (the real Hub sends every large file there) never sees the
- *    token. The library itself never holds the token, so it cannot leak it either.
+ *    token. The library itself never holds the token, so it cannot leak it either. Each
+ *    file is resolved once per run: later range reads reuse its CDN URL until the CDN
+ *    says it has expired (403/410), then the file is resolved again.
  * 2. **Retry policy** ({@linkcode HubFetcher.send}, with retry.ts's `RetryBudget`). 429
  *    and 5xx answers and failed connections are retried with exponential backoff
  *    (`Retry-After` honoured up to the cap), then reported as one clear "network" error;
@@ -18,8 +20,8 @@
  *    range and then cancelled (skipping the bytes before it without keeping them), so
  *    memory stays at the size of the answer.
  *
- * A download pool (large reads split into pieces fetched side by side) belongs above
- * this file: each piece is one call of this fetch, with its own retries and resumes.
+ * The download pool (pool.ts: large reads split into pieces fetched side by side) is
+ * above this file: each piece is one call of this fetch, with its own retries and resumes.
  * @module
  */
 import { GqaError, type GqaErrorCode } from "../../errors.ts";
@@ -71,6 +73,8 @@ export interface HubFetchOptions {
   describe?: (url: URL) => string;
   /** Sleep (tests pass a fake one). */
   sleep?: (ms: number) => Promise<void>;
+  /** Called when a remembered download URL had expired and the file is resolved again. */
+  onReresolve?: () => void;
 }
 
 /** A parsed `Range: bytes=a-b` request header (end exclusive; undefined = to the end). */
@@ -162,6 +166,8 @@ export class HubFetcher {
   readonly #base: typeof fetch;
   readonly #sleep: (ms: number) => Promise<void>;
   readonly describe: (url: URL) => string;
+  /** Resolve URL → the download URL the Hub redirected it to (signed, never logged). */
+  readonly #redirects = new Map<string, URL>();
 
   constructor(o: HubFetchOptions) {
     this.o = o;
@@ -199,8 +205,34 @@ export class HubFetcher {
 
   // --- step 1: redirects and auth -------------------------------------------------------
 
-  /** One logical request: redirects followed by hand, the token only for the Hub origin. */
+  /**
+   * One logical request: redirects followed by hand, the token only for the Hub origin.
+   * A range read of a file the Hub already redirected goes straight to the remembered
+   * download URL (one resolve per file per run, within the Hub's rate limits); when that
+   * URL has expired (403 or 410 from the download server) the file is resolved again.
+   */
   async hops(start: URL, method: string, headers: Headers): Promise<HubAnswer> {
+    const probe = headers.get("range") === "bytes=0-0"; // size probes need the Hub's headers
+    const memo = method === "GET" && !probe ? this.#redirects.get(start.href) : undefined;
+    if (memo) {
+      const { res, abort } = await this.#request(memo, method, this.#authorize(memo, headers));
+      if (res.status !== 403 && res.status !== 410) {
+        return { res, fromHub: new Headers(), abort, finalUrl: memo };
+      }
+      await res.body?.cancel().catch(() => {});
+      this.#redirects.delete(start.href); // expired: ask the Hub again
+      this.o.onReresolve?.();
+    }
+    const answer = await this.#follow(start, method, headers);
+    const { res, finalUrl } = answer;
+    if (res.ok && start.origin === this.hubOrigin && finalUrl.origin !== this.hubOrigin) {
+      this.#redirects.set(start.href, finalUrl);
+    }
+    return answer;
+  }
+
+  /** Follows redirects from `start` until an answer that is not one. */
+  async #follow(start: URL, method: string, headers: Headers): Promise<HubAnswer> {
     let url = start;
     const fromHub = new Headers();
     for (let i = 0; i <= MAX_REDIRECTS; i++) {

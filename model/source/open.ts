@@ -59,6 +59,10 @@ export interface OpenSourceOptions {
   fetch?: typeof fetch;
   /** Called on every progress update (bytes delivered, total, rate, ETA). */
   onProgress?: (p: ProgressInfo) => void;
+  /** Hub requests in flight at once for the whole run (default 16). */
+  connections?: number;
+  /** Hub reads are split into pieces of this many bytes (default 8 MiB). */
+  pieceBytes?: number;
 }
 
 /** The default Hub. */
@@ -146,5 +150,7 @@ export async function openSource(a: OpenSourceOptions): Promise<ByteSource> {
     retry: a.retry,
     fetch: a.fetch,
     progress,
+    connections: a.connections,
+    pieceBytes: a.pieceBytes,
   });
 }
