@@ -48,6 +48,7 @@ import { gatherEmbeddingRows, type Plan, type TensorRead } from "./plan.ts";
 import type { ByteSource } from "./source/mod.ts";
 import type { TensorInfo } from "./safetensors.ts";
 import { GqaError } from "../errors.ts";
+import { keepFreedMemory } from "./host_memory.ts";
 import {
   DEFAULT_RING_BYTES,
   type StreamJob,
@@ -296,6 +297,8 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
   const L = plan.layer;
   const T = tokenIds.length;
   const dims = layerDims(cfg, T);
+
+  keepFreedMemory(); // uploads reuse freed staging memory instead of faulting in fresh pages
 
   // 1. Buffers shared by every layer: the layer's weights, scratch activations, RoPE tables,
   //    capture targets, the residual before the current layer (to re-run it on a NaN).

@@ -18,7 +18,9 @@
  * `--rounds` each, so background load hits both alike. Each side times itself from just
  * before it needs the hardware (our WebGPU device request; the peer's first file read,
  * after `import torch`) to K in hand; process wall times (start-up included) are printed
- * too. The two K tensors are compared (relative L2) so the race is between equal answers.
+ * too, and each side's CPU time (user + system, every thread), which a busy machine
+ * disturbs less than wall time. The two K tensors are compared (relative L2) so the race
+ * is between equal answers.
  * Needs /usr/bin/python3 with python3-torch; not part of CI.
  * @module
  */
@@ -140,23 +142,24 @@ async function race(dir: string, layer: number, rounds: number): Promise<void> {
   const row = (name: string, xs: Run[]) =>
     `| ${name.padEnd(31)} | ${best(xs.map((x) => x.seconds)).toFixed(2).padStart(6)} | ${
       xs.map((x) => x.seconds.toFixed(2)).join(" / ").padEnd(18)
-    } | ${best(xs.map((x) => x.wall)).toFixed(2).padStart(9)} | ${
-      (best(xs.map((x) => x.peakRss)) / 1e9).toFixed(2).padStart(8)
-    } |`;
+    } | ${best(xs.map((x) => x.cpu)).toFixed(2).padStart(10)} | ${
+      best(xs.map((x) => x.wall)).toFixed(2).padStart(9)
+    } | ${(best(xs.map((x) => x.peakRss)) / 1e9).toFixed(2).padStart(8)} |`;
   const ratio = best(runs.ours.map((x) => x.seconds)) / best(runs.peer.map((x) => x.seconds));
   const perRound = runs.ours.map((o, i) => (o.seconds / runs.peer[i].seconds).toFixed(2));
+  const cpuRatio = best(runs.ours.map((x) => x.cpu)) / best(runs.peer.map((x) => x.cpu));
   console.log(
     [
       `layer ${layer} of ${dir}, ${TOKENS.length} tokens; load average ${loadBefore} before, ` +
       `${load()} after; ${navigator.hardwareConcurrency} CPUs`,
       "",
-      "| side                            | best s | runs, s            | process s | peak RSS |",
-      "| ------------------------------- | ------ | ------------------ | --------- | -------- |",
+      "| side                            | best s | runs, s            | best CPU s | process s | peak GB  |",
+      "| ------------------------------- | ------ | ------------------ | ---------- | --------- | -------- |",
       row("ours (WebGPU)", runs.ours),
       row("peer (PyTorch fp32, all cores)", runs.peer),
       "",
       `ratio ours / peer, best against best: ${ratio.toFixed(2)} ` +
-      `(per round: ${perRound.join(", ")})`,
+      `(per round: ${perRound.join(", ")}); CPU time, best against best: ${cpuRatio.toFixed(2)}`,
       `K agrees with the peer's: relative L2 ${err.toExponential(2)} ` +
       `(${err <= 1e-3 ? "ok, ≤ 1e-3" : "NOT within 1e-3"})`,
     ].join("\n"),
