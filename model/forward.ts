@@ -3,20 +3,22 @@
  *
  * ```
  *  embedding rows of the prompt's tokens ──► x (T, D) on the GPU
- *  warm-up: every pipeline a layer uses is compiled while layer 0's bytes are read
+ *  warm-up: every pipeline a layer uses compiles while layer 0's weights are read
  *  for l in 0..L:
- *    a. submit layer l (decoderLayer; layer L stops after q/k/v: "qkv" → capture),
- *       then one finite check of its output, copied to a readable buffer — no wait
- *    b. stream layer l+1's bytes into the SAME weight buffers: read piece by piece
- *       into staging while layer l computes; each copy is queued behind layer l
- *    c. wait once: the check's flags; on a NaN/Inf re-run layer l step by step to name
- *       the step where it appeared
+ *    a. attention half: submit steps 1-6 of decoderLayer (layer L: q/k/v and RoPE into the
+ *       capture buffers, and stop); meanwhile stream layer l's down_proj and layer l+1's
+ *       attention weights; wait once
+ *    b. MLP half: submit steps 7-9 and one finite check of x; meanwhile stream layer l+1's
+ *       gate_proj and up_proj; wait once (the wait is the read of the check's flag)
+ *    c. on a NaN/Inf, re-run layer l step by step from the saved residual to name the step
  * ```
  *
- * Device memory is one layer of weights plus activations, whatever L is: every layer has
- * the same shapes, so the buffers created for layer 0 are rewritten for layer 1, and so on.
- * Host memory is the staging ring of weight_stream.ts, never a whole layer. Waiting for the
- * GPU costs ~11 ms in Deno however little there is to wait for, so a layer waits once.
+ * Every layer has the same shapes, so ONE set of weight buffers serves them all: a write is
+ * queued behind the submits before it, so the next layer's weights can stream into a buffer
+ * while a submitted half still reads the current ones. Device memory is one layer of weights
+ * plus activations, whatever L is; host memory is weight_stream.ts's ring of pieces plus the
+ * driver's staging for one part of a layer. A wait for the GPU costs ~11 ms in Deno and blocks
+ * until the GPU is idle, so each half waits exactly once, after its writes are queued.
  * @module
  */
 import type { Gpu } from "../kernels/gpu.ts";

@@ -1,27 +1,28 @@
 /**
- * Streams byte ranges of a checkpoint into GPU buffers through a small ring of mapped
- * staging buffers: no host copy of a whole tensor, let alone of a layer.
+ * Streams byte ranges of a checkpoint into GPU buffers through a small ring of reused host
+ * pieces: no host copy of a whole tensor, let alone of a layer.
  *
  * ```
- *  source ──read piece──► staging i (mapped, MAP_WRITE) ──copyBufferToBuffer──► weight buffer
- *            (≤ 16 MiB)      unmap, submit the copy, mapAsync: back in the ring once copied
+ *  source ──read piece (≤ 16 MiB)──► host piece i ──writeBuffer──► weight buffer (queued)
+ *            4 pieces in flight          free again at once: writeBuffer copies the bytes
  * ```
  *
  * Why this shape (measured on lavapipe, where "device" memory is host memory):
- * - Every wait for the GPU in Deno costs ~11 ms however little work it waits for (Deno
- *   notices finished work on a timer). Writing a layer with `writeBuffer` in 32 MiB pieces
- *   and a wait after each paid ~14 such waits per layer, more than the copying itself. Here
- *   nothing waits except a piece that finds the whole ring busy; all other waits overlap.
- * - `writeBuffer` copies into staging memory the driver allocates per call (fresh pages:
- *   ~2.5 µs per 4 KiB page to fault in). A ring allocated once is faulted in once; bytes are
- *   read from the source straight into it, one copy fewer.
- * - Copies are queued in submit order, so a copy into a buffer that the previous layer is
- *   still reading lands after that layer's compute: one set of weight buffers suffices, and
- *   the ring's pieces are read while the previous layer computes.
+ * - Nothing here waits for the GPU. In Deno every wait costs ~11 ms however little work it
+ *   waits for, and blocks the thread until the GPU is idle; writing a layer in 32 MiB
+ *   pieces with a wait after each spent more time waiting than copying. The caller waits
+ *   once, after the writes, while the GPU computes (forward.ts).
+ * - Writes are queued in call order with submits, so a write into a buffer that an earlier
+ *   submit still reads lands after that submit: one set of weight buffers suffices, and the
+ *   next layer's bytes are read while the current layer computes.
+ * - Mapped staging buffers (read from the source straight into a MAP_WRITE buffer) were
+ *   measured and rejected: Deno's `getMappedRange` allocates and copies (11 ms per 16 MiB),
+ *   `unmap` copies back, and `mapAsync` blocks while the GPU works.
+ * - `writeBuffer` copies into staging memory the driver allocates per call and frees after
+ *   the copy; host_memory.ts keeps that memory for reuse instead of faulting in fresh pages.
  *
- * Peak host memory is the ring (`ringBytes`, default 256 MiB) plus whatever one piece read
- * holds; the staging buffers are not counted in {@linkcode Gpu.bytesAllocated}, which
- * counts device storage.
+ * Host memory is the ring (`ringBytes`, default 64 MiB) plus the driver's staging for the
+ * writes not yet submitted (the caller bounds it by submitting between parts of a layer).
  * @module
  */
 import type { Gpu } from "../kernels/gpu.ts";
@@ -40,10 +41,8 @@ export interface StreamJob {
 export interface WeightStreamOptions {
   /** Bytes per piece (default 16 MiB; rounded up to a multiple of 4). */
   pieceBytes?: number;
-  /** Bytes of host pieces in all (default 256 MiB): how many reads may be in flight. */
+  /** Bytes of host pieces in all (default 64 MiB): how many reads may be in flight. */
   ringBytes?: number;
-  /** Wait for the queue after this many bytes written (default: never). */
-  flushBytes?: number;
 }
 
 /** Default piece: large enough that per-piece costs vanish, small enough to spread over a ring. */
@@ -51,16 +50,16 @@ export const DEFAULT_PIECE_BYTES = 16 << 20;
 /** Default ring: 4 pieces read at once (a piece is free again as soon as it is written). */
 export const DEFAULT_RING_BYTES = 64 << 20;
 
-/** At most this many staging buffers (and reads in flight), whatever the piece size. */
-const MAX_STAGING_BUFFERS = 32;
+/** At most this many host pieces (and reads in flight), whatever the piece size. */
+const MAX_PIECES = 32;
 
 /**
- * A ring of mapped staging buffers shared by every upload of a run.
+ * A ring of host pieces shared by every upload of a run.
  * @example
  * ```ts ignore
  * const ws = new WeightStream(gpu, src);
- * await ws.upload([{ file, begin, end, dst: matrix.buffer, dstOffset: 0 }]); // copies queued
- * await gpu.run(() => {}); // ... later submits see the bytes
+ * await ws.upload([{ file, begin, end, dst: matrix.buffer, dstOffset: 0 }]); // writes queued
+ * await gpu.run((enc) => decoderLayer(gpu, enc, args)); // this submit sees the bytes
  * ws.destroy();
  * ```
  */
@@ -72,16 +71,13 @@ export class WeightStream {
   readonly #all: Uint8Array[] = [];
   readonly #free: Uint8Array[] = [];
   readonly #waiters: ((b: Uint8Array) => void)[] = [];
-  readonly #flushBytes: number;
-  #written = 0;
 
   constructor(gpu: Gpu, src: ByteSource, opts: WeightStreamOptions = {}) {
     this.#gpu = gpu;
     this.#src = src;
     this.#piece = Math.ceil((opts.pieceBytes ?? DEFAULT_PIECE_BYTES) / 4) * 4;
     const ring = Math.floor((opts.ringBytes ?? DEFAULT_RING_BYTES) / this.#piece);
-    this.#max = Math.max(1, Math.min(MAX_STAGING_BUFFERS, ring));
-    this.#flushBytes = opts.flushBytes ?? Infinity;
+    this.#max = Math.max(1, Math.min(MAX_PIECES, ring));
   }
 
   /** A host piece: a free one, a new one while the ring has room, else the next freed. */
@@ -103,8 +99,8 @@ export class WeightStream {
   }
 
   /**
-   * Reads every job's bytes piece by piece into the ring and queues each piece's write into
-   * its destination. Resolves when every write is queued (not necessarily done): the next
+   * Reads every job's bytes piece by piece into the ring (pieces side by side) and queues
+   * each piece's write into its destination. Resolves when every write is queued (not necessarily done): the next
    * submit on the queue sees all of them, and every submit before still sees the old bytes.
    */
   async upload(jobs: StreamJob[]): Promise<void> {
@@ -119,27 +115,19 @@ export class WeightStream {
     this.#gpu.throwIfError();
   }
 
+  /** One piece: wait for a free host piece, read into it, queue its write, free it. */
   async #one(p: StreamJob): Promise<void> {
     const n = p.end - p.begin;
     const host = await this.#acquire();
     try {
       const bytes = host.subarray(0, n);
       await this.#src.read(p.file, p.begin, p.end, bytes);
-      if (this.#written >= this.#flushBytes) await this.#flush();
       // Writes move whole 4-byte words: a tensor of odd 16-bit length lands with 2 bytes
       // of padding, which every buffer has (sizes are rounded up to 4).
       this.#gpu.write(p.dst, host.subarray(0, Math.ceil(n / 4) * 4), p.dstOffset);
-      this.#written += n;
     } finally {
       this.#release(host);
     }
-  }
-
-  /** Waits for the queue to take what was written so far, so the driver can reuse its staging. */
-  async #flush(): Promise<void> {
-    this.#written = 0;
-    this.#gpu.device.queue.submit([]);
-    await this.#gpu.device.queue.onSubmittedWorkDone();
   }
 
   /** Lets go of the host pieces. */
