@@ -316,7 +316,7 @@ const PAGE_SCRIPT = String.raw`
     var rowMode = ch.attnMode === "row" && ch.token !== "all";
     var rows = [];
     if (rowMode) rows.push(ch.token); else for (var t = 0; t < T; t++) rows.push(t);
-    var s = Math.max(3, Math.min(rowMode ? 16 : 12, Math.floor((rowMode ? 260 : 150) / T)));
+    var s = Math.max(3, Math.min(rowMode ? 16 : 18, Math.floor((rowMode ? 260 : 150) / T)));
     var labelW = 86, gap = 16, cw = T * s, chH = rows.length * s, rowH = chH + 22;
     var out = [];
     for (var g = 0; g < KV; g++) {
