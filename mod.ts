@@ -26,16 +26,17 @@ export {
   DEFAULT_PROMPT,
   type LayerTensors,
 } from "./model/capture.ts";
-export { type GridOptions, renderGqaGrid } from "./viz/grid_svg.ts";
+export { type GridOptions, gridSvg, renderGqaGrid } from "./viz/grid_svg.ts";
+export { GRID_LAYOUT_FUNCTIONS, type GridLayout, gridProblem, layoutGrid } from "./viz/layout.ts";
 export { type ExplorerCapture, explorerHtml } from "./viz/explorer.ts";
 export { type PngOptions, svgToPng } from "./viz/png.ts";
 export { type GqaSummary, gqaSummary, jsDistance } from "./viz/gqa_summary.ts";
 export { captureToSafetensors, writeFileAtomic } from "./model/output.ts";
-export { GqaError, type GqaErrorCode } from "./model/errors.ts";
+export { GqaError, type GqaErrorCode } from "./errors.ts";
 
 // The pieces, for the tutorial scripts and for anyone building on them.
 export { type ModelConfig, parseConfig } from "./model/config.ts";
-export { type ByteSource, openSource } from "./model/source.ts";
+export { type ByteSource, openSource } from "./model/source/mod.ts";
 export { loadTensorIndex } from "./model/tensors.ts";
 export { type Plan, planCapture } from "./model/plan.ts";
 export { loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";

@@ -75,7 +75,7 @@
  */
 import { type Binding, type Gpu, grid2d } from "./gpu.ts";
 import { DTYPE_BYTES, type WeightDtype } from "./dtype.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 
 /** How 16-bit F16 weights are read: packed pairs in u32 words, or native `f16` loads. */
 export type MatmulVariant = "packed" | "f16";

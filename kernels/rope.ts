@@ -32,7 +32,7 @@
  * @module
  */
 import { type Gpu, grid2d } from "./gpu.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 
 /** RoPE settings from config.json (`rope_theta`, `rope_scaling`). */
 export interface RopeConfig {

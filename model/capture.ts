@@ -13,10 +13,10 @@
  */
 import { type Gpu, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
 import { checkShapes, type ModelConfig, parseConfigText } from "./config.ts";
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 import { type LayerTensors, runForward } from "./forward.ts";
 import { type Plan, planCapture } from "./plan.ts";
-import { type ByteSource, openSource, type OpenSourceOptions } from "./source.ts";
+import { type ByteSource, openSource, type OpenSourceOptions } from "./source/mod.ts";
 import { loadTensorIndex } from "./tensors.ts";
 import { loadTokenizer } from "./tokenizer.ts";
 

@@ -30,7 +30,7 @@
  * @module
  */
 import type { RopeConfig } from "../kernels/rope.ts";
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 import { jsonErrorReason, preview, quote, type TensorInfo } from "./safetensors.ts";
 
 /** What the forward pass needs to know about a model. */

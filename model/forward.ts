@@ -33,9 +33,9 @@ import {
 import { createFiniteCheck, firstNonFinite, resetFiniteCheck } from "../kernels/finite_check.ts";
 import type { ModelConfig } from "./config.ts";
 import { gatherEmbeddingRows, type Plan, type TensorRead } from "./plan.ts";
-import type { ByteSource } from "./source.ts";
+import type { ByteSource } from "./source/mod.ts";
 import type { TensorInfo } from "./safetensors.ts";
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 
 /** One captured layer's tensors as f32. */
 export interface LayerTensors {

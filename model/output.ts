@@ -7,7 +7,7 @@
  * torch users load directly (`safetensors.numpy.load_file`).
  * @module
  */
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 import { writeSafetensors } from "./safetensors.ts";
 import { dirname, join } from "node:path";
 

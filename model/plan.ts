@@ -19,7 +19,7 @@
  * @module
  */
 import { checkShapes, layerTensorNames, type ModelConfig } from "./config.ts";
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 import { DTYPE_BITS, type TensorInfo } from "./safetensors.ts";
 
 export { layerTensorNames };

@@ -33,7 +33,7 @@
  * where there is one, the tensor.
  * @module
  */
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 
 /** The largest header accepted, in bytes (the reference implementation's limit). */
 export const MAX_HEADER_BYTES = 100_000_000;

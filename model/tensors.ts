@@ -16,8 +16,8 @@
  * header holds but the index does not list are ignored (as transformers does).
  * @module
  */
-import type { ByteSource } from "./source.ts";
-import { GqaError } from "./errors.ts";
+import type { ByteSource } from "./source/mod.ts";
+import { GqaError } from "../errors.ts";
 import {
   headerLength,
   MAX_HEADER_BYTES,

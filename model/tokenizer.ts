@@ -29,7 +29,7 @@
  * @module
  */
 import type { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { GqaError } from "./errors.ts";
+import { GqaError } from "../errors.ts";
 
 /** A loaded tokenizer. */
 export interface Tokenizer {

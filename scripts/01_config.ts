@@ -5,7 +5,7 @@
  *   deno run -A scripts/01_config.ts [--model meta-llama/Meta-Llama-3-8B]
  * @module
  */
-import { openSource } from "../model/source.ts";
+import { openSource } from "../model/source/mod.ts";
 import { parseConfigText } from "../model/config.ts";
 import { tutorialModel } from "./_tutorial.ts";
 

@@ -8,7 +8,7 @@
  *   deno run -A scripts/02_read_tensor.ts [--model DIR|ID]
  * @module
  */
-import { openSource } from "../model/source.ts";
+import { openSource } from "../model/source/mod.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 import { tutorialModel } from "./_tutorial.ts";

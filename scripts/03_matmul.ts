@@ -7,7 +7,7 @@
  *   deno run -A scripts/03_matmul.ts [--model DIR|ID]
  * @module
  */
-import { openSource } from "../model/source.ts";
+import { openSource } from "../model/source/mod.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 import { matmul, matmulRef, uploadMatrix } from "../kernels/matmul.ts";

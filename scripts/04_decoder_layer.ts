@@ -5,7 +5,7 @@
  *   deno run -A scripts/04_decoder_layer.ts [--model DIR|ID]
  * @module
  */
-import { openSource } from "../model/source.ts";
+import { openSource } from "../model/source/mod.ts";
 import { parseConfigText } from "../model/config.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";

@@ -11,7 +11,7 @@
  */
 import { parseArgs } from "node:util";
 import { captureLayer } from "../model/capture.ts";
-import { openSource } from "../model/source.ts";
+import { openSource } from "../model/source/mod.ts";
 import { parseConfigText } from "../model/config.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { planCapture } from "../model/plan.ts";

@@ -3,7 +3,7 @@
  * grid as an SVG. Run with `--help` for the options.
  *
  * The pipeline, step by step (each step is a module you can read):
- *   1. model/source.ts     open the model: local folder, Hugging Face cache, or the Hub
+ *   1. model/source/       open the model: local folder, Hugging Face cache, or the Hub
  *   2. model/config.ts     config.json → shapes (D, H, KV, HD, I) and RoPE settings
  *   3. model/tensors.ts    safetensors headers, read by range → where every tensor lives
  *   4. model/plan.ts       the exact byte ranges layer L needs
@@ -15,7 +15,7 @@ import { parseArgs } from "node:util";
 import { type Gpu, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
 import { basename } from "node:path";
 import { captureLayer, DEFAULT_MODEL, DEFAULT_PROMPT } from "../model/capture.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import { captureToSafetensors, writeFileAtomic } from "../model/output.ts";
 import { renderGqaGrid } from "../viz/grid_svg.ts";
 import { explorerHtml } from "../viz/explorer.ts";

@@ -5,7 +5,7 @@
  * @module
  */
 import { type Gpu, requestGpu } from "../kernels/gpu.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 
 /** A small seeded generator (mulberry32) so every failure can be reproduced from its seed. */
 export class Rng {

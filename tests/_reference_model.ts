@@ -4,7 +4,7 @@
  * @module
  */
 import { parseConfigText } from "../model/config.ts";
-import { openSource } from "../model/source.ts";
+import { openSource } from "../model/source/mod.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 import type { RefConfig, RefLayer } from "./reference_llama.ts";

@@ -6,8 +6,8 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { join } from "node:path";
 import { captureLayer } from "../model/capture.ts";
-import { GqaError } from "../model/errors.ts";
-import { openSource } from "../model/source.ts";
+import { GqaError } from "../errors.ts";
+import { openSource } from "../model/source/mod.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";
 import { assertClose, gpuTest, relL2 } from "./_helpers.ts";

@@ -9,7 +9,7 @@ import { defaultOutName, type Io, main, parseLayerSpec } from "../scripts/viz.ts
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";
 import { headerLength, parseHeader } from "../model/safetensors.ts";
 import { captureLayer } from "../model/capture.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import { gpuTest, testGpu } from "./_helpers.ts";
 import { darkPixels, decodePng, distinctColours } from "./_png.ts";
 

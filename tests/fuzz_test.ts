@@ -19,12 +19,12 @@
  */
 import assert from "node:assert/strict";
 import { freshSeed, Rng } from "./_helpers.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import { checkShapes, expectedShape, layerTensorNames, parseConfig } from "../model/config.ts";
 import { planCapture } from "../model/plan.ts";
 import { DTYPE_BITS, type TensorInfo, writeSafetensors } from "../model/safetensors.ts";
 import { INDEX_FILE, loadTensorIndex } from "../model/tensors.ts";
-import type { ByteSource } from "../model/source.ts";
+import type { ByteSource } from "../model/source/mod.ts";
 
 const HEADER_CASES = 3000;
 const CONFIG_CASES = 1500;

@@ -14,7 +14,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import {
   divergingHex,
   formatTick,

@@ -6,8 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { GqaError } from "../model/errors.ts";
-import { openSource, type OpenSourceOptions } from "../model/source.ts";
+import { GqaError } from "../errors.ts";
+import { openSource, type OpenSourceOptions } from "../model/source/mod.ts";
 import {
   makeRepoDir,
   MOCK_COMMIT,

@@ -18,7 +18,7 @@ import {
 } from "../kernels/matmul.ts";
 import { decodeWeights, encodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 import type { Gpu } from "../kernels/gpu.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import assert from "node:assert/strict";
 
 const TOL: Record<WeightDtype, number> = { F32: 1e-5, F16: 1e-4, BF16: 1e-4 };

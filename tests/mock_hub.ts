@@ -18,6 +18,12 @@
  * stalls, a body longer or shorter than its Content-Range, or Range ignored (200 + the
  * whole file). Bodies are produced lazily, one chunk per pull, so `stats.bytesServed`
  * counts what was really handed to the network, not what was planned.
+ *
+ * The file reads top-down in parts: files ({@linkcode fileSource}), counters and the
+ * request log (`Counters`), fault injection (`FaultBook`, `statusFault`), body serving
+ * (`BodyServer`: Range, lazy bodies, body faults), routing (`MockRoutes`: which answer a
+ * Hub or CDN request gets, auth of gated repos in `#authorize`), and the two servers
+ * ({@linkcode startMockHub}).
  * @example
  * ```ts
  * await using hub = await startMockHub({ repos: { "test/tiny": { dir: "testdata/generated/tiny" } } });
@@ -130,10 +136,69 @@ export interface MockHub {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+// --- files ------------------------------------------------------------------------------
+
+/** A file the mock can serve: its size, and a way to read pieces of it. */
 interface Source {
   size: number;
   open(): Promise<{ read(off: number, n: number): Promise<Uint8Array>; close(): void }>;
 }
+
+/** The file `file` of repo `r` (in-memory files first, then the folder), if it exists. */
+async function fileSource(r: MockRepo, file: string): Promise<Source | undefined> {
+  if (file.split("/").some((s) => s === "" || s === "." || s === "..")) return undefined;
+  const mem = r.files?.[file];
+  if (mem !== undefined) {
+    const bytes = typeof mem === "string" ? new TextEncoder().encode(mem) : mem;
+    return {
+      size: bytes.length,
+      open: () =>
+        Promise.resolve({
+          read: (off: number, n: number) => Promise.resolve(bytes.slice(off, off + n)),
+          close() {},
+        }),
+    };
+  }
+  if (!r.dir) return undefined;
+  const path = join(r.dir, file);
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(path);
+  } catch {
+    return undefined;
+  }
+  if (!st.isFile) return undefined;
+  return { size: st.size, open: () => openFile(path) };
+}
+
+/** A file handle that reads `n` bytes at `off` (fewer at the end of the file). */
+async function openFile(path: string) {
+  const f = await Deno.open(path, { read: true });
+  let closed = false;
+  return {
+    async read(off: number, n: number) {
+      const out = new Uint8Array(n);
+      await f.seek(off, Deno.SeekMode.Start);
+      let got = 0;
+      while (got < n) {
+        const k = await f.read(out.subarray(got));
+        if (k === null) break;
+        got += k;
+      }
+      return out.subarray(0, got);
+    },
+    close() {
+      if (!closed) f.close();
+      closed = true;
+    },
+  };
+}
+
+function etagOf(repo: string, file: string, size: number): string {
+  return `"${createHash("sha1").update(`${repo}/${file}:${size}`).digest("hex")}"`;
+}
+
+// --- counters and the request log -------------------------------------------------------
 
 function emptyStats(): MockHubStats {
   return {
@@ -146,81 +211,83 @@ function emptyStats(): MockHubStats {
   };
 }
 
-/**
- * Starts the mock Hub and its CDN on two free ports of 127.0.0.1.
- * @example
- * ```ts
- * const hub = await startMockHub({ repos: { [MOCK_REPO]: { dir } }, faults: [{ fault: { kind: "status", status: 503 } }] });
- * try { ... } finally { await hub.close(); }
- * ```
- */
-export function startMockHub(o: MockHubOptions): Promise<MockHub> {
-  const token = o.token ?? MOCK_TOKEN;
-  const chunk = o.chunkSize ?? 65536;
-  let faults: (MockFaultRule & { left: number })[] = (o.faults ?? []).map((r) => ({
-    ...r,
-    left: r.times ?? 1,
-  }));
-  let stats = emptyStats();
-  const perFile = new Map<string, number>();
-  const stalls = new Set<() => void>();
+/** What both servers counted, and the log of every request (never the token itself). */
+class Counters {
+  stats = emptyStats();
+  readonly perFile = new Map<string, number>();
 
-  const repoOf = (repo: string) => o.repos[repo];
-  const commitOf = (r: MockRepo) => r.commit ?? MOCK_COMMIT;
-
-  async function source(r: MockRepo, file: string): Promise<Source | undefined> {
-    if (file.split("/").some((s) => s === "" || s === "." || s === "..")) return undefined;
-    const mem = r.files?.[file];
-    if (mem !== undefined) {
-      const bytes = typeof mem === "string" ? new TextEncoder().encode(mem) : mem;
-      return {
-        size: bytes.length,
-        open: () =>
-          Promise.resolve({
-            read: (off: number, n: number) => Promise.resolve(bytes.slice(off, off + n)),
-            close() {},
-          }),
-      };
+  /** Counts a request at `server` and starts its log entry. */
+  logRequest(server: "hub" | "cdn", req: Request) {
+    const url = new URL(req.url);
+    const auth = req.headers.get("authorization");
+    if (server === "hub") {
+      this.stats.requests++;
+      if (auth) this.stats.hubAuthorizationSeen++;
+    } else {
+      this.stats.cdnRequests++;
+      if (auth) this.stats.cdnAuthorizationSeen++;
     }
-    if (!r.dir) return undefined;
-    const path = join(r.dir, file);
-    let st: Deno.FileInfo;
-    try {
-      st = await Deno.stat(path);
-    } catch {
-      return undefined;
-    }
-    if (!st.isFile) return undefined;
-    return {
-      size: st.size,
-      async open() {
-        const f = await Deno.open(path, { read: true });
-        let closed = false;
-        return {
-          async read(off: number, n: number) {
-            const out = new Uint8Array(n);
-            await f.seek(off, Deno.SeekMode.Start);
-            let got = 0;
-            while (got < n) {
-              const k = await f.read(out.subarray(got));
-              if (k === null) break;
-              got += k;
-            }
-            return out.subarray(0, got);
-          },
-          close() {
-            if (!closed) f.close();
-            closed = true;
-          },
-        };
-      },
+    const log: MockRequestLog = {
+      server,
+      method: req.method,
+      path: url.pathname,
+      range: req.headers.get("range"),
+      status: 0,
+      auth: !!auth,
     };
+    this.stats.log.push(log);
+    return { url, auth, log };
   }
 
-  function takeFault(
-    a: { server: "hub" | "cdn"; repo: string; file: string; probe: boolean; body: boolean },
-  ) {
-    for (const r of faults) {
+  countBytes(path: string, n: number): void {
+    this.stats.bytesServed += n;
+    this.perFile.set(path, (this.perFile.get(path) ?? 0) + n);
+  }
+
+  bytesFor(file: string): number {
+    let n = 0;
+    for (const [p, k] of this.perFile) if (p.endsWith(`/${file}`)) n += k;
+    return n;
+  }
+
+  reset(): void {
+    this.stats = emptyStats();
+    this.perFile.clear();
+  }
+}
+
+// --- fault injection --------------------------------------------------------------------
+
+/** Where a request is, for matching fault rules. */
+interface FaultQuery {
+  server: "hub" | "cdn";
+  repo: string;
+  file: string;
+  /** A `Range: bytes=0-0` size probe. */
+  probe: boolean;
+  /** This server would send the file's body (not a redirect). */
+  body: boolean;
+}
+
+/** The fault rules still armed; each match uses up one of a rule's `times`. */
+class FaultBook {
+  #rules: (MockFaultRule & { left: number })[] = [];
+
+  constructor(rules: MockFaultRule[] = []) {
+    for (const r of rules) this.add(r);
+  }
+
+  add(rule: MockFaultRule): void {
+    this.#rules.push({ ...rule, left: rule.times ?? 1 });
+  }
+
+  clear(): void {
+    this.#rules = [];
+  }
+
+  /** The first armed fault that matches `a`, used up by one. */
+  take(a: FaultQuery): MockFault | undefined {
+    for (const r of this.#rules) {
       if (r.left <= 0) continue;
       if (r.server !== undefined && r.server !== a.server) continue;
       if (r.repo !== undefined && r.repo !== a.repo) continue;
@@ -236,71 +303,73 @@ export function startMockHub(o: MockHubOptions): Promise<MockHub> {
     }
     return undefined;
   }
+}
 
-  function etagOf(repo: string, file: string, size: number): string {
-    return `"${createHash("sha1").update(`${repo}/${file}:${size}`).digest("hex")}"`;
+/** The answer of an injected status fault (Retry-After and X-Error-Code when asked). */
+function statusFault(f: MockFault & { kind: "status" }): Response {
+  const h = new Headers({ "content-type": "application/json" });
+  if (f.retryAfter !== undefined) h.set("retry-after", String(f.retryAfter));
+  if (f.errorCode) h.set("x-error-code", f.errorCode);
+  return new Response(JSON.stringify({ error: `injected HTTP ${f.status}` }), {
+    status: f.status,
+    headers: h,
+  });
+}
+
+/** A Hub-style JSON error answer, with X-Error-Code when given. */
+function jsonError(status: number, error: string, code?: string): Response {
+  return new Response(JSON.stringify({ error }), {
+    status,
+    headers: {
+      "content-type": "application/json",
+      ...(code ? { "x-error-code": code } : {}),
+    },
+  });
+}
+
+// --- body serving -----------------------------------------------------------------------
+
+/** A request's Range against a file of `size` bytes: what to send, or 416. */
+function rangeOf(
+  rh: string | null,
+  size: number,
+): { from: number; to: number; partial: boolean } | "unsatisfiable" {
+  const m = rh ? /^bytes=(\d*)-(\d*)$/.exec(rh.trim()) : null;
+  if (!m || (m[1] === "" && m[2] === "")) return { from: 0, to: size, partial: false };
+  let from: number, to = size;
+  if (m[1] === "") {
+    from = Math.max(0, size - Number(m[2]));
+  } else {
+    from = Number(m[1]);
+    to = m[2] === "" ? size : Math.min(size, Number(m[2]) + 1);
   }
+  if (from >= size || from >= to) return "unsatisfiable";
+  return { from, to, partial: true };
+}
 
-  function countBytes(path: string, n: number) {
-    stats.bytesServed += n;
-    perFile.set(path, (perFile.get(path) ?? 0) + n);
-  }
+/** What {@linkcode BodyServer.body} sends. */
+interface BodyPlan {
+  /** The request path (for per-file byte counts). */
+  path: string;
+  /** First byte of the file sent. */
+  from: number;
+  /** Bytes in the body (zeros past the end of the file). */
+  count: number;
+  /** Stop after this many bytes (a broken connection, or the start of a stall). */
+  stopAfter?: number;
+  /** After `stopAfter`, go silent this long before ending. */
+  stallMs?: number;
+}
 
-  /** A lazily produced body: bytes [from, from + count) of `src`, then `extra` more (zeros past the end). */
-  function body(
-    src: Source,
-    a: { path: string; from: number; count: number; stopAfter?: number; stallMs?: number },
-  ): ReadableStream<Uint8Array> {
-    let handle: Awaited<ReturnType<Source["open"]>> | undefined;
-    let sent = 0;
-    let release: (() => void) | undefined;
-    const limit = a.stopAfter !== undefined ? Math.min(a.stopAfter, a.count) : a.count;
-    const done = () => {
-      handle?.close();
-      handle = undefined;
-      if (release) stalls.delete(release);
-    };
-    return new ReadableStream<Uint8Array>({
-      async pull(c) {
-        if (sent >= limit) {
-          if (a.stallMs !== undefined) {
-            await new Promise<void>((res) => {
-              const t = setTimeout(res, a.stallMs);
-              release = () => {
-                clearTimeout(t);
-                res();
-              };
-              stalls.add(release);
-            });
-          }
-          done();
-          c.close();
-          return;
-        }
-        handle ??= await src.open();
-        const off = a.from + sent;
-        const n = Math.min(chunk, limit - sent);
-        let bytes = off < src.size
-          ? await handle.read(off, Math.min(n, src.size - off))
-          : new Uint8Array(0);
-        if (bytes.length < n) { // past the end (a "long" body): pad with zeros
-          const padded = new Uint8Array(n);
-          padded.set(bytes);
-          bytes = padded;
-        }
-        sent += n;
-        countBytes(a.path, n);
-        c.enqueue(bytes);
-      },
-      cancel() {
-        release?.();
-        done();
-      },
-    }, { highWaterMark: 0 });
-  }
+/** Answers with bodies: Range handling, lazily produced bodies, and body faults. */
+class BodyServer {
+  /** Releases every stalled body (on close). */
+  readonly stalls = new Set<() => void>();
 
-  /** The answer with a body: range handling and body faults. */
-  async function serveBody(
+  constructor(readonly counters: Counters, readonly chunk: number) {}
+
+  /** The answer with a body for `req`, with `fault` applied; `note` says which, for the log. */
+  async serve(
     req: Request,
     src: Source,
     path: string,
@@ -312,185 +381,193 @@ export function startMockHub(o: MockHubOptions): Promise<MockHub> {
       fault = undefined; // like a real server: no compression unless the client accepts it
     }
     if (fault?.kind === "gzip" && req.method !== "HEAD") {
-      const h = await src.open();
-      const whole = await h.read(0, src.size);
-      h.close();
-      const gz = new Uint8Array(gzipSync(whole));
-      countBytes(path, gz.length);
-      headers.set("content-encoding", "gzip");
-      headers.set("content-length", String(gz.length));
-      return { res: new Response(gz, { status: 200, headers }), note: "gzip" };
+      return { res: await this.#gzipped(src, path, headers), note: "gzip" };
     }
     const size = src.size;
-    const rh = req.headers.get("range");
-    let from = 0, to = size, status = 200;
-    if (rh && fault?.kind !== "ignore-range") {
-      const m = /^bytes=(\d*)-(\d*)$/.exec(rh.trim());
-      if (m && (m[1] !== "" || m[2] !== "")) {
-        if (m[1] === "") {
-          from = Math.max(0, size - Number(m[2]));
-        } else {
-          from = Number(m[1]);
-          to = m[2] === "" ? size : Math.min(size, Number(m[2]) + 1);
-        }
-        if (from >= size || from >= to) {
-          headers.set("content-range", `bytes */${size}`);
-          return { res: new Response(null, { status: 416, headers }) };
-        }
-        status = 206;
-        headers.set("content-range", `bytes ${from}-${to - 1}/${size}`);
-      }
+    const range = fault?.kind === "ignore-range"
+      ? { from: 0, to: size, partial: false }
+      : rangeOf(req.headers.get("range"), size);
+    if (range === "unsatisfiable") {
+      headers.set("content-range", `bytes */${size}`);
+      return { res: new Response(null, { status: 416, headers }) };
     }
+    const { from, to } = range;
+    const status = range.partial ? 206 : 200;
+    if (range.partial) headers.set("content-range", `bytes ${from}-${to - 1}/${size}`);
     const count = to - from;
     if (req.method === "HEAD") {
       headers.set("content-length", String(count));
       return { res: new Response(null, { status, headers }) };
     }
+    const send = (plan: BodyPlan, st = status) =>
+      new Response(this.body(src, plan), { status: st, headers });
     switch (fault?.kind) {
       case "reset": // declare the full length, stop early: the client sees a broken connection
         headers.set("content-length", String(count));
         return {
-          res: new Response(body(src, { path, from, count, stopAfter: fault.after }), {
-            status,
-            headers,
-          }),
+          res: send({ path, from, count, stopAfter: fault.after }),
           note: `reset after ${fault.after}`,
         };
       case "stall":
         headers.set("content-length", String(count));
         return {
-          res: new Response(
-            body(src, { path, from, count, stopAfter: fault.after, stallMs: fault.ms ?? 30_000 }),
-            { status, headers },
-          ),
+          res: send({ path, from, count, stopAfter: fault.after, stallMs: fault.ms ?? 30_000 }),
           note: `stall after ${fault.after}`,
         };
       case "short": // chunked, ends cleanly but early
         return {
-          res: new Response(body(src, { path, from, count: Math.max(0, count - fault.missing) }), {
-            status,
-            headers,
-          }),
+          res: send({ path, from, count: Math.max(0, count - fault.missing) }),
           note: `short by ${fault.missing}`,
         };
       case "long": // chunked, more bytes than Content-Range says
         return {
-          res: new Response(body(src, { path, from, count: count + fault.extra }), {
-            status,
-            headers,
-          }),
+          res: send({ path, from, count: count + fault.extra }),
           note: `long by ${fault.extra}`,
         };
       case "ignore-range":
         headers.set("content-length", String(size));
-        return {
-          res: new Response(body(src, { path, from: 0, count: size }), { status: 200, headers }),
-          note: "ignored Range",
-        };
+        return { res: send({ path, from: 0, count: size }, 200), note: "ignored Range" };
       default:
         headers.set("content-length", String(count));
-        return { res: new Response(body(src, { path, from, count }), { status, headers }) };
+        return { res: send({ path, from, count }) };
     }
   }
 
-  function statusFault(f: MockFault & { kind: "status" }): Response {
-    const h = new Headers({ "content-type": "application/json" });
-    if (f.retryAfter !== undefined) h.set("retry-after", String(f.retryAfter));
-    if (f.errorCode) h.set("x-error-code", f.errorCode);
-    return new Response(JSON.stringify({ error: `injected HTTP ${f.status}` }), {
-      status: f.status,
-      headers: h,
-    });
+  /** 200 + the whole file gzipped (Content-Length: the gzipped size). */
+  async #gzipped(src: Source, path: string, headers: Headers): Promise<Response> {
+    const h = await src.open();
+    const whole = await h.read(0, src.size);
+    h.close();
+    const gz = new Uint8Array(gzipSync(whole));
+    this.counters.countBytes(path, gz.length);
+    headers.set("content-encoding", "gzip");
+    headers.set("content-length", String(gz.length));
+    return new Response(gz, { status: 200, headers });
   }
 
-  const json = (status: number, error: string, code?: string) =>
-    new Response(JSON.stringify({ error }), {
-      status,
-      headers: {
-        "content-type": "application/json",
-        ...(code ? { "x-error-code": code } : {}),
-      },
-    });
-
-  let cdnOrigin = "";
-
-  /** Counts a request at `server` and starts its log entry (never the token itself). */
-  function logRequest(server: "hub" | "cdn", req: Request) {
-    const url = new URL(req.url);
-    const auth = req.headers.get("authorization");
-    if (server === "hub") {
-      stats.requests++;
-      if (auth) stats.hubAuthorizationSeen++;
-    } else {
-      stats.cdnRequests++;
-      if (auth) stats.cdnAuthorizationSeen++;
-    }
-    const log: MockRequestLog = {
-      server,
-      method: req.method,
-      path: url.pathname,
-      range: req.headers.get("range"),
-      status: 0,
-      auth: !!auth,
+  /** A lazily produced body: bytes [from, from + count) of `src` (zeros past the end), one chunk per pull. */
+  body(src: Source, a: BodyPlan): ReadableStream<Uint8Array> {
+    let handle: Awaited<ReturnType<Source["open"]>> | undefined;
+    let sent = 0;
+    let release: (() => void) | undefined;
+    const limit = a.stopAfter !== undefined ? Math.min(a.stopAfter, a.count) : a.count;
+    const done = () => {
+      handle?.close();
+      handle = undefined;
+      if (release) this.stalls.delete(release);
     };
-    stats.log.push(log);
-    return { url, auth, log };
+    const stall = (ms: number) =>
+      new Promise<void>((res) => {
+        const t = setTimeout(res, ms);
+        release = () => {
+          clearTimeout(t);
+          res();
+        };
+        this.stalls.add(release);
+      });
+    return new ReadableStream<Uint8Array>({
+      pull: async (c) => {
+        if (sent >= limit) {
+          if (a.stallMs !== undefined) await stall(a.stallMs);
+          done();
+          c.close();
+          return;
+        }
+        handle ??= await src.open();
+        const n = Math.min(this.chunk, limit - sent);
+        const bytes = await readPadded(handle, src.size, a.from + sent, n);
+        sent += n;
+        this.counters.countBytes(a.path, n);
+        c.enqueue(bytes);
+      },
+      cancel() {
+        release?.();
+        done();
+      },
+    }, { highWaterMark: 0 });
   }
+}
 
-  async function hubHandler(req: Request): Promise<Response> {
-    const { url, auth, log } = logRequest("hub", req);
-    const res = await answerHub(req, url, auth, log);
+/** `n` bytes of a file at `off`, padded with zeros past its end (for a "long" body). */
+async function readPadded(
+  handle: Awaited<ReturnType<Source["open"]>>,
+  size: number,
+  off: number,
+  n: number,
+): Promise<Uint8Array> {
+  const bytes = off < size ? await handle.read(off, Math.min(n, size - off)) : new Uint8Array(0);
+  if (bytes.length >= n) return bytes;
+  const padded = new Uint8Array(n);
+  padded.set(bytes);
+  return padded;
+}
+
+// --- routing ----------------------------------------------------------------------------
+
+/** `/{owner}/{name}/resolve/{revision}/{file}`, decoded; undefined for any other path. */
+function parseResolvePath(path: string): { repoId: string; rev: string; file: string } | undefined {
+  const i = path.indexOf("/resolve/");
+  if (i < 0) return undefined;
+  const repoId = decodeURIComponent(path.slice(1, i));
+  const rest = path.slice(i + "/resolve/".length);
+  const j = rest.indexOf("/");
+  const rev = decodeURIComponent(j < 0 ? rest : rest.slice(0, j));
+  const file = j < 0 ? "" : rest.slice(j + 1).split("/").map(decodeURIComponent).join("/");
+  return { repoId, rev, file };
+}
+
+/** The two servers' handlers: which answer a request gets. */
+class MockRoutes {
+  cdnOrigin = "";
+
+  constructor(
+    readonly o: MockHubOptions,
+    readonly counters: Counters,
+    readonly faults: FaultBook,
+    readonly bodies: BodyServer,
+  ) {}
+
+  /** The Hub server: resolve requests (redirected to the CDN, or answered with the body). */
+  hub = async (req: Request): Promise<Response> => {
+    const { url, auth, log } = this.counters.logRequest("hub", req);
+    const res = await this.#answerHub(req, url, auth, log);
     log.status = res.status;
     return res;
-  }
+  };
 
-  async function answerHub(
+  /** The CDN server: `/cdn/{repo}/{commit}/{file}`, as the Hub's redirects name them. */
+  cdn = async (req: Request): Promise<Response> => {
+    const { url, log } = this.counters.logRequest("cdn", req);
+    const res = await this.#answerCdn(req, url, log);
+    log.status = res.status;
+    return res;
+  };
+
+  async #answerHub(
     req: Request,
     url: URL,
     auth: string | null,
     log: MockRequestLog,
   ): Promise<Response> {
-    const path = url.pathname;
-    const i = path.indexOf("/resolve/");
-    if (i < 0) return json(404, "Not Found");
-    const repoId = decodeURIComponent(path.slice(1, i));
-    const rest = path.slice(i + "/resolve/".length);
-    const j = rest.indexOf("/");
-    const rev = decodeURIComponent(j < 0 ? rest : rest.slice(0, j));
-    const file = j < 0 ? "" : rest.slice(j + 1).split("/").map(decodeURIComponent).join("/");
+    const at = parseResolvePath(url.pathname);
+    if (!at) return jsonError(404, "Not Found");
+    const { repoId, rev, file } = at;
     const probe = req.headers.get("range") === "bytes=0-0";
-
-    const redirectIt = o.redirect === true ||
-      (o.redirect instanceof RegExp && o.redirect.test(file));
-    const f = takeFault({ server: "hub", repo: repoId, file, probe, body: !redirectIt });
+    const redirectIt = this.o.redirect === true ||
+      (this.o.redirect instanceof RegExp && this.o.redirect.test(file));
+    const f = this.faults.take({ server: "hub", repo: repoId, file, probe, body: !redirectIt });
     if (f?.kind === "status") {
       log.fault = `status ${f.status}`;
       return statusFault(f);
     }
-    const repo = repoOf(repoId);
-    if (!repo) return json(404, "Repository not found", "RepoNotFound");
-    if (repo.gated) {
-      if (!auth) {
-        return json(
-          401,
-          `Access to model ${repoId} is restricted. You must be authenticated.`,
-          "GatedRepo",
-        );
-      }
-      if (auth !== `Bearer ${token}`) {
-        return json(
-          403,
-          `Access to model ${repoId} is restricted and you are not in the authorized list.`,
-          "GatedRepo",
-        );
-      }
-    }
-    const commit = commitOf(repo);
-    const known = rev === commit || rev === "main" || repo.revisions?.[rev] !== undefined;
-    if (!known) return json(404, "Revision not found", "RevisionNotFound");
-    const resolved = rev === commit || rev === "main" ? commit : repo.revisions![rev];
-    const src = await source(repo, file);
-    if (!src) return json(404, "Entry not found", "EntryNotFound");
+    const repo = this.o.repos[repoId];
+    if (!repo) return jsonError(404, "Repository not found", "RepoNotFound");
+    const denied = this.#authorize(repo, repoId, auth);
+    if (denied) return denied;
+    const resolved = resolveRevision(repo, rev);
+    if (!resolved) return jsonError(404, "Revision not found", "RevisionNotFound");
+    const src = await fileSource(repo, file);
+    if (!src) return jsonError(404, "Entry not found", "EntryNotFound");
     const etag = etagOf(repoId, file, src.size);
     const headers = new Headers({
       "etag": etag,
@@ -498,84 +575,114 @@ export function startMockHub(o: MockHubOptions): Promise<MockHub> {
       "accept-ranges": "bytes",
       "content-type": "application/octet-stream",
     });
-    if (redirectIt) {
-      headers.set("x-linked-size", String(src.size));
-      headers.set("x-linked-etag", etag);
-      headers.set(
-        "location",
-        `${cdnOrigin}/cdn/${encodeURIComponent(repoId)}/${resolved}/${
-          file.split("/").map(encodeURIComponent).join("/")
-        }?X-Amz-Signature=mock`,
-      );
-      return new Response(null, { status: 302, headers });
-    }
-    const { res, note } = await serveBody(req, src, path, headers, f);
+    if (redirectIt) return this.#redirect({ repoId, resolved, file, size: src.size, headers });
+    const { res, note } = await this.bodies.serve(req, src, url.pathname, headers, f);
     if (note) log.fault = note;
     return res;
   }
 
-  async function cdnHandler(req: Request): Promise<Response> {
-    const { url, log } = logRequest("cdn", req);
-    const m = /^\/cdn\/([^/]+)\/([0-9a-f]{40})\/(.+)$/.exec(url.pathname);
-    let res: Response;
-    const repoId = m ? decodeURIComponent(m[1]) : "";
-    const file = m ? m[3].split("/").map(decodeURIComponent).join("/") : "";
-    const repo = repoOf(repoId);
-    const src = repo ? await source(repo, file) : undefined;
-    if (!m || !repo || !src) {
-      res = new Response("NoSuchKey", { status: 404 });
-    } else {
-      const probe = req.headers.get("range") === "bytes=0-0";
-      const f = takeFault({ server: "cdn", repo: repoId, file, probe, body: true });
-      if (f?.kind === "status") {
-        log.fault = `status ${f.status}`;
-        res = statusFault(f);
-      } else {
-        const headers = new Headers({
-          "etag": etagOf(repoId, file, src.size),
-          "accept-ranges": "bytes",
-          "content-type": "application/octet-stream",
-        });
-        const r = await serveBody(req, src, url.pathname, headers, f);
-        if (r.note) log.fault = r.note;
-        res = r.res;
-      }
+  /** A gated repo's answer to a request without the right token (undefined: let it through). */
+  #authorize(repo: MockRepo, repoId: string, auth: string | null): Response | undefined {
+    if (!repo.gated) return undefined;
+    if (!auth) {
+      return jsonError(
+        401,
+        `Access to model ${repoId} is restricted. You must be authenticated.`,
+        "GatedRepo",
+      );
     }
-    log.status = res.status;
-    return res;
+    if (auth !== `Bearer ${this.o.token ?? MOCK_TOKEN}`) {
+      return jsonError(
+        403,
+        `Access to model ${repoId} is restricted and you are not in the authorized list.`,
+        "GatedRepo",
+      );
+    }
+    return undefined;
   }
 
+  /** 302 to the CDN with the linked size and ETag, as the Hub does for large files. */
+  #redirect(
+    a: { repoId: string; resolved: string; file: string; size: number; headers: Headers },
+  ): Response {
+    const { headers } = a;
+    headers.set("x-linked-size", String(a.size));
+    headers.set("x-linked-etag", headers.get("etag")!);
+    headers.set(
+      "location",
+      `${this.cdnOrigin}/cdn/${encodeURIComponent(a.repoId)}/${a.resolved}/${
+        a.file.split("/").map(encodeURIComponent).join("/")
+      }?X-Amz-Signature=mock`,
+    );
+    return new Response(null, { status: 302, headers });
+  }
+
+  async #answerCdn(req: Request, url: URL, log: MockRequestLog): Promise<Response> {
+    const m = /^\/cdn\/([^/]+)\/([0-9a-f]{40})\/(.+)$/.exec(url.pathname);
+    const repoId = m ? decodeURIComponent(m[1]) : "";
+    const file = m ? m[3].split("/").map(decodeURIComponent).join("/") : "";
+    const repo = this.o.repos[repoId];
+    const src = repo ? await fileSource(repo, file) : undefined;
+    if (!m || !repo || !src) return new Response("NoSuchKey", { status: 404 });
+    const probe = req.headers.get("range") === "bytes=0-0";
+    const f = this.faults.take({ server: "cdn", repo: repoId, file, probe, body: true });
+    if (f?.kind === "status") {
+      log.fault = `status ${f.status}`;
+      return statusFault(f);
+    }
+    const headers = new Headers({
+      "etag": etagOf(repoId, file, src.size),
+      "accept-ranges": "bytes",
+      "content-type": "application/octet-stream",
+    });
+    const r = await this.bodies.serve(req, src, url.pathname, headers, f);
+    if (r.note) log.fault = r.note;
+    return r.res;
+  }
+}
+
+/** The commit `rev` names in `repo` ("main", the commit itself, or a listed name), if any. */
+function resolveRevision(repo: MockRepo, rev: string): string | undefined {
+  const commit = repo.commit ?? MOCK_COMMIT;
+  if (rev === commit || rev === "main") return commit;
+  return repo.revisions?.[rev];
+}
+
+// --- the two servers --------------------------------------------------------------------
+
+/**
+ * Starts the mock Hub and its CDN on two free ports of 127.0.0.1.
+ * @example
+ * ```ts
+ * const hub = await startMockHub({ repos: { [MOCK_REPO]: { dir } }, faults: [{ fault: { kind: "status", status: 503 } }] });
+ * try { ... } finally { await hub.close(); }
+ * ```
+ */
+export function startMockHub(o: MockHubOptions): Promise<MockHub> {
+  const counters = new Counters();
+  const faults = new FaultBook(o.faults);
+  const bodies = new BodyServer(counters, o.chunkSize ?? 65536);
+  const routes = new MockRoutes(o, counters, faults, bodies);
   const quiet = { hostname: "127.0.0.1", port: 0, onListen() {} };
-  const hub = Deno.serve(quiet, hubHandler);
-  const cdn = Deno.serve(quiet, cdnHandler);
-  cdnOrigin = `http://127.0.0.1:${cdn.addr.port}`;
+  const hub = Deno.serve(quiet, routes.hub);
+  const cdn = Deno.serve(quiet, routes.cdn);
+  routes.cdnOrigin = `http://127.0.0.1:${cdn.addr.port}`;
   let closed = false;
 
   const api: MockHub = {
     endpoint: `http://127.0.0.1:${hub.addr.port}`,
-    cdnOrigin,
+    cdnOrigin: routes.cdnOrigin,
     get stats() {
-      return stats;
+      return counters.stats;
     },
-    addFault(rule) {
-      faults.push({ ...rule, left: rule.times ?? 1 });
-    },
-    clearFaults() {
-      faults = [];
-    },
-    resetStats() {
-      stats = emptyStats();
-      perFile.clear();
-    },
-    bytesFor(file: string) {
-      let n = 0;
-      for (const [p, k] of perFile) if (p.endsWith(`/${file}`)) n += k;
-      return n;
-    },
+    addFault: (rule) => faults.add(rule),
+    clearFaults: () => faults.clear(),
+    resetStats: () => counters.reset(),
+    bytesFor: (file: string) => counters.bytesFor(file),
     async close() {
       if (closed) return;
       closed = true;
-      for (const r of [...stalls]) r();
+      for (const r of [...bodies.stalls]) r();
       await Promise.all([hub.shutdown(), cdn.shutdown()]);
     },
     [Symbol.asyncDispose]() {

@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert/strict";
 import { join } from "node:path";
 import { captureToSafetensors, writeFileAtomic } from "../model/output.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import { headerLength, parseHeader } from "../model/safetensors.ts";
 
 Deno.test("writeFileAtomic() replaces a file whole and leaves no temp file behind", async () => {

@@ -13,7 +13,7 @@ import {
   planSegments,
   RangeCache,
   sha256Hex,
-} from "../model/range_cache.ts";
+} from "../model/source/range_cache.ts";
 import { makeRepoDir, MOCK_COMMIT, patternBytes, startMockHub } from "./mock_hub.ts";
 
 const assertEquals = (a: unknown, b: unknown, msg?: string) => assert.deepStrictEqual(a, b, msg);
@@ -179,7 +179,7 @@ Deno.test("two processes reading the same ranges through one cache both get the 
   await Deno.writeTextFile(
     script,
     `import { openSource } from ${
-      JSON.stringify(new URL("../model/source.ts", import.meta.url).href)
+      JSON.stringify(new URL("../model/source/mod.ts", import.meta.url).href)
     };
 import { createHash } from "node:crypto";
 const [endpoint, cacheDir, rangesJson] = Deno.args;

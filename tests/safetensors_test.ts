@@ -5,7 +5,7 @@
  */
 import { assertGqa } from "./_helpers.ts";
 import assert from "node:assert/strict";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import {
   headerLength,
   MAX_HEADER_BYTES,
@@ -14,7 +14,7 @@ import {
   writeSafetensors,
 } from "../model/safetensors.ts";
 import { INDEX_FILE, loadTensorIndex } from "../model/tensors.ts";
-import type { ByteSource } from "../model/source.ts";
+import type { ByteSource } from "../model/source/mod.ts";
 
 /** A file from a raw header text and `dataBytes` bytes of data, length field = header length. */
 function rawFile(header: string, dataBytes: number, lengthField?: bigint): Uint8Array {

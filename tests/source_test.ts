@@ -5,11 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { GqaError } from "../model/errors.ts";
-import { LocalSource } from "../model/local_source.ts";
-import { checkFileName, isRepoId, openSource } from "../model/source.ts";
-import { hfHubCacheDir, repoFolderName } from "../model/hf_cache.ts";
-import { defaultRangeCacheDir } from "../model/range_cache.ts";
+import { GqaError } from "../errors.ts";
+import { LocalSource } from "../model/source/local.ts";
+import { checkFileName, isRepoId, openSource, repoFolderName } from "../model/source/mod.ts";
+import { hfHubCacheDir } from "../model/source/hf_cache.ts";
+import { defaultRangeCacheDir } from "../model/source/range_cache.ts";
 import {
   formatBytes,
   formatDuration,
@@ -17,7 +17,7 @@ import {
   type ProgressInfo,
   progressLine,
   progressWanted,
-} from "../model/progress.ts";
+} from "../model/source/progress.ts";
 import { makeRepoDir, MOCK_COMMIT, patternBytes, startMockHub } from "./mock_hub.ts";
 
 const assertEquals = (a: unknown, b: unknown, msg?: string) => assert.deepStrictEqual(a, b, msg);

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 
 const assertEquals = (a: unknown, b: unknown, msg?: string) => assert.deepEqual(a, b, msg);
 

@@ -18,7 +18,7 @@
  * absolute (no transforms). Output is a pure function of the input: no dates, no randomness.
  * @module
  */
-import { GqaError } from "../model/errors.ts";
+import { GqaError } from "../errors.ts";
 import {
   type GridCapture,
   type GridLayout,

@@ -3,6 +3,14 @@
  * token, a layer out of range, a server fault) is a {@linkcode GqaError} whose message is
  * one paragraph: what was wrong, where, and what to do. The CLI prints the message alone,
  * without a stack trace; anything that is not a GqaError is a bug.
+ *
+ * It sits at the root and imports nothing, so every layer of the house (kernels/,
+ * model/, viz/, scripts/) can throw it while dependencies still point one way. The
+ * alternative, kernels throwing their own error type that model/ wraps, would give two
+ * error types for one user-facing kind of failure (a bad shape or option is "bad-input"
+ * whether kernels/ or model/ notices it) and a wrapping step at every call from model/
+ * into kernels/; a leaf module costs nothing and keeps one `instanceof GqaError` test
+ * for the CLI.
  * @module
  */
 

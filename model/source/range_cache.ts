@@ -35,9 +35,19 @@
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { GqaError } from "./errors.ts";
-import { COMMIT_RE, repoFolderName } from "./hf_cache.ts";
-import { env } from "./local_source.ts";
+import { GqaError } from "../../errors.ts";
+import {
+  type CachedRead,
+  type CacheFileKey,
+  COMMIT_RE,
+  env,
+  type FileMeta,
+  type RangeStore,
+  type RangeStoreFile,
+  repoFolderName,
+} from "./base.ts";
+
+export type { CachedRead, CacheFileKey, FileMeta };
 
 /** The default cache folder (undefined when no home folder is known). */
 export function defaultRangeCacheDir(
@@ -64,9 +74,6 @@ export interface CacheEntry {
   /** The entry's file name in its folder. */
   name: string;
 }
-
-/** What we know of a file at a commit: its size and ETag, or that it does not exist. */
-export type FileMeta = { size: number; etag?: string; missing?: false } | { missing: true };
 
 /** A piece of a request: served by `entry`, or (no entry) a gap to fetch. */
 export interface CacheSegment {
@@ -107,15 +114,6 @@ export function planSegments(entries: CacheEntry[], begin: number, end: number):
   return segs;
 }
 
-/** Identifies one file of one repo at one commit on one Hub. */
-export interface CacheFileKey {
-  /** The Hub's host, e.g. "huggingface.co" or "127.0.0.1:4545". */
-  host: string;
-  repo: string;
-  commit: string;
-  file: string;
-}
-
 const ENTRY_RE = /^(\d{1,16})-(\d{1,16})-([0-9a-f]{64})\.bin$/;
 const TEMP_MAX_AGE_MS = 24 * 3600 * 1000;
 
@@ -128,7 +126,7 @@ const TEMP_MAX_AGE_MS = 24 * 3600 * 1000;
  * const { bytes } = await f.read(100, 200, (b, e) => fetchFromHub(b, e));
  * ```
  */
-export class RangeCache {
+export class RangeCache implements RangeStore {
   /** `{dir}/ranges`. */
   readonly root: string;
   /** Cache writes that failed (disk full, read-only); the run goes on without caching. */
@@ -193,17 +191,8 @@ export class RangeCache {
   }
 }
 
-/** Result of {@linkcode CachedFile.read}. */
-export interface CachedRead {
-  bytes: Uint8Array;
-  /** Bytes served by verified cache entries. */
-  fromCache: number;
-  /** Bytes that `fetchGap` returned. */
-  fetched: number;
-}
-
 /** The cached ranges and metadata of one file at one commit. */
-export class CachedFile {
+export class CachedFile implements RangeStoreFile {
   constructor(readonly cache: RangeCache, readonly dir: string) {}
 
   /** The file's recorded size/ETag or absence, if an earlier run recorded it (and the record is intact). */

@@ -16,7 +16,7 @@
  * @module
  */
 import { join } from "node:path";
-import { env } from "./local_source.ts";
+import { COMMIT_RE, env, type HfSnapshots, repoFolderName } from "./base.ts";
 
 /** The hub cache folder from the environment (undefined when no home is known). */
 export function hfHubCacheDir(
@@ -32,20 +32,15 @@ export function hfHubCacheDir(
   return user ? join(user, ".cache", "huggingface", "hub") : undefined;
 }
 
-/** "meta-llama/Meta-Llama-3-8B" → "models--meta-llama--Meta-Llama-3-8B" (the cache's folder name). */
-export function repoFolderName(repo: string): string {
-  return `models--${repo.split("/").join("--")}`;
-}
-
-/** A 40-hex git commit sha. */
-export const COMMIT_RE = /^[0-9a-f]{40}$/;
-
 /** One repo's folder in the Hugging Face cache. */
-export class HfCacheRepo {
+export class HfCacheRepo implements HfSnapshots {
+  /** The hub cache folder. */
+  readonly cacheDir: string;
   /** `{cache}/models--owner--name`. */
   readonly dir: string;
 
   constructor(a: { cacheDir: string; repo: string }) {
+    this.cacheDir = a.cacheDir;
     this.dir = join(a.cacheDir, repoFolderName(a.repo));
   }
 

@@ -17,53 +17,20 @@
  * Environment, read only when the matching option is not given: `HF_TOKEN`,
  * `HF_ENDPOINT`, `HF_HUB_OFFLINE` (1/true/yes/on: no network at all), `HF_HUB_CACHE`,
  * `HF_HOME`, `GQA_VIZ_CACHE` (the range cache's folder).
+ *
+ * This file is the top of model/source/: the only one that knows every implementation
+ * (none of them imports it). It reads the environment, builds the caches and hands them
+ * to the Hub source through base.ts's interfaces.
  * @module
  */
-import { GqaError } from "./errors.ts";
-import { checkFileName, checkRange, env, envFlag, LocalSource } from "./local_source.ts";
-import { HubSource, type RetryOptions } from "./hub_source.ts";
-import { hfHubCacheDir } from "./hf_cache.ts";
+import { GqaError } from "../../errors.ts";
+import { type ByteSource, env, envFlag, isRepoId } from "./base.ts";
+import { LocalSource } from "./local.ts";
+import { HubSource } from "./hub.ts";
+import type { RetryOptions } from "./retry.ts";
+import { HfCacheRepo, hfHubCacheDir } from "./hf_cache.ts";
 import { defaultRangeCacheDir, RangeCache } from "./range_cache.ts";
 import { Progress, type ProgressInfo, progressWanted } from "./progress.ts";
-
-export { checkFileName, checkRange, env, envFlag };
-export type { ProgressInfo, RetryOptions };
-
-/** Counters every source keeps (tests and the CLI's summary read them). */
-export interface SourceStats {
-  /** Bytes that came over the network or from disk (a folder or the HF cache); bytes served by the range cache do not count. */
-  bytesFetched: number;
-  /** HTTP requests (every redirect hop counts) or disk reads. */
-  requests: number;
-  /** Bytes served from this tool's range cache (verified). */
-  bytesFromCache?: number;
-}
-
-/** Random access to the files of one checkpoint. */
-export interface ByteSource {
-  /** "meta-llama/Meta-Llama-3-8B" or a folder path, for messages. */
-  readonly name: string;
-  /** Commit sha when known, else the requested revision, or "local" for a folder. */
-  readonly revision: string;
-  /** A whole small file (config.json, the index, tokenizer.json) as UTF-8 text. */
-  readText(file: string): Promise<string>;
-  /** A file's size in bytes. */
-  size(file: string): Promise<number>;
-  /** Whether the file exists (false for a missing file; other failures throw). */
-  exists(file: string): Promise<boolean>;
-  /**
-   * Bytes [begin, end) of a file, exactly `end - begin` of them. With `into` (of exactly
-   * that length) they are written there and `into` is returned: reusing one buffer per
-   * tensor saves allocating and page-faulting hundreds of MB per layer.
-   */
-  read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array>;
-  /** Bytes that came over the network or from disk (not from our cache). */
-  readonly stats: SourceStats;
-  /** Optional: bytes the caller is about to read in all, for the progress bar's % and ETA. */
-  expectBytes?(total: number): void;
-  /** Optional: ends the run's progress bar (erases it). Reading again afterwards is allowed. */
-  close?(): void;
-}
 
 /** Options of {@linkcode openSource}. */
 export interface OpenSourceOptions {
@@ -96,19 +63,6 @@ export interface OpenSourceOptions {
 
 /** The default Hub. */
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
-
-/**
- * Checks a repo id the way the Python client does: "name" or "owner/name", each part
- * made of letters, digits, "_", "-", "." (at most 96), starting and ending with a letter,
- * digit or "_", without "--" or "..".
- */
-export function isRepoId(s: string): boolean {
-  const parts = s.split("/");
-  if (parts.length < 1 || parts.length > 2) return false;
-  return parts.every((p) =>
-    /^\w(?:[\w.-]{0,94}\w)?$/.test(p) && !p.includes("--") && !p.includes("..")
-  );
-}
 
 /**
  * Opens a model's files: a local folder, or a Hub repo (through the HF cache, the range
@@ -187,7 +141,7 @@ export async function openSource(a: OpenSourceOptions): Promise<ByteSource> {
     token: token || undefined,
     endpoint,
     offline,
-    hfCacheDir: hfDir,
+    hfCache: hfDir ? new HfCacheRepo({ cacheDir: hfDir, repo: model }) : undefined,
     rangeCache: cacheRoot ? new RangeCache({ dir: cacheRoot }) : undefined,
     retry: a.retry,
     fetch: a.fetch,
