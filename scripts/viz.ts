@@ -9,6 +9,7 @@
  *   4. model/plan.ts       the exact byte ranges layer L needs
  *   5. model/forward.ts    layers 0..L-1 on the GPU, then layer L up to q/k/v + RoPE
  *   6. viz/grid_svg.ts     one row per KV head, one column per query head sharing it
+ *      viz/png.ts          the same grid as PNG; viz/explorer.ts every captured layer as HTML
  * @module
  */
 import { parseArgs } from "node:util";
