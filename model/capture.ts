@@ -14,7 +14,7 @@
 import { type Gpu, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
 import { checkShapes, type ModelConfig, parseConfigText } from "./config.ts";
 import { GqaError } from "../errors.ts";
-import { runForward } from "./forward.ts";
+import { type LayerTensors, runForward } from "./forward.ts";
 import type { WeightStreamOptions } from "./weight_stream.ts";
 import { type Plan, planCapture } from "./plan.ts";
 import { type ByteSource, openSource, type OpenSourceOptions } from "./source/mod.ts";
@@ -41,7 +41,16 @@ export interface Capture {
   kRope: Float32Array; // (T, KV*HD)  after RoPE
   qRope: Float32Array; // (T, H*HD)   after RoPE
   v: Float32Array; //     (T, KV*HD)
+  /** (H, T, T) causal softmax attention weights, as HF eager attention returns them. */
+  attn: Float32Array;
+  /**
+   * Every captured layer's tensors, ascending; the last is `layer` (the fields above). One
+   * entry for a single-layer capture.
+   */
+  sweep: LayerTensors[];
 }
+
+export type { LayerTensors };
 
 /** Everything a run measured, beside the capture. */
 export interface CaptureReport {
@@ -62,8 +71,13 @@ export interface CaptureOptions {
   model?: string;
   /** Branch, tag or commit on the Hub (default "main"). */
   revision?: string;
-  /** The layer to capture, 0-based. */
-  layer: number;
+  /** The layer to capture, 0-based (give this or `layers`). */
+  layer?: number;
+  /**
+   * Several layers captured in one pass (ascending after sorting; duplicates dropped), or
+   * "all". The pass runs to the deepest, which becomes `Capture.layer`.
+   */
+  layers?: number[] | "all";
   /** Text to tokenize (with BOS); ignored when `tokenIds` is given. */
   prompt?: string;
   /** Token ids to use as they are. */
@@ -99,6 +113,27 @@ export interface CaptureOptions {
 /** The prompt used when neither a prompt nor token ids are given. */
 export const DEFAULT_PROMPT = "The quick brown fox jumps over the lazy dog";
 
+/** The layers `opts` asks for, ascending and distinct, or "all"; checks they are whole numbers ≥ 0. */
+function requestedLayers(opts: CaptureOptions): number[] | "all" {
+  if ((opts.layer === undefined) === (opts.layers === undefined)) {
+    throw new GqaError(
+      "bad-input",
+      'captureLayer needs exactly one of `layer` (one layer) and `layers` (a list or "all").',
+    );
+  }
+  if (opts.layers === "all") return "all";
+  const list = opts.layers ?? [opts.layer!];
+  for (const l of list) {
+    if (!Number.isInteger(l) || l < 0) {
+      throw new GqaError("bad-input", `--layer must be a whole number ≥ 0, got ${l}.`);
+    }
+  }
+  if (list.length === 0) {
+    throw new GqaError("bad-input", "`layers` is empty; give at least one layer to capture.");
+  }
+  return [...new Set(list)].sort((a, b) => a - b);
+}
+
 async function tokenize(
   src: ByteSource,
   opts: CaptureOptions,
@@ -129,12 +164,7 @@ export async function captureLayer(
   opts: CaptureOptions,
 ): Promise<Capture & { report: CaptureReport }> {
   const model = opts.model ?? DEFAULT_MODEL;
-  if (!Number.isInteger(opts.layer) || opts.layer < 0) {
-    throw new GqaError(
-      "bad-input",
-      `--layer must be a whole number ≥ 0, got ${opts.layer}.`,
-    );
-  }
+  const wanted = requestedLayers(opts);
   const src = await openSource({
     model,
     revision: opts.revision,
@@ -150,21 +180,24 @@ export async function captureLayer(
   const config = parseConfigText(await src.readText("config.json"), {
     where: `${src.name}/config.json`,
   });
-  if (opts.layer >= config.layers) {
+  const layers = wanted === "all" ? [...Array(config.layers).keys()] : wanted;
+  const layer = layers[layers.length - 1]; // the deepest: the pass stops there
+  if (layer >= config.layers) {
     throw new GqaError(
       "bad-input",
-      `--layer ${opts.layer} is out of range: ${src.name} has ${config.layers} layers, ` +
+      `--layer ${layer} is out of range: ${src.name} has ${config.layers} layers, ` +
         `so the valid range is 0 to ${config.layers - 1}.`,
     );
   }
   const tensors = await loadTensorIndex(src);
-  checkShapes(config, tensors, opts.layer);
+  checkShapes(config, tensors, layer);
 
   // 2. Tokens, then the plan: exactly the byte ranges this layer needs.
   const tokenized = await tokenize(src, opts);
   const ids = opts.firstTokenOnly ? tokenized.ids.slice(0, 1) : tokenized.ids;
   const texts = tokenized.texts;
-  const plan = planCapture({ config, tensors, layer: opts.layer, tokenIds: ids });
+  // A range A..B reads exactly what B alone reads: layers below B are computed anyway.
+  const plan = planCapture({ config, tensors, layer, tokenIds: ids });
   opts.log?.(plan.describe(src.name));
   src.expectBytes?.(plan.bytes);
 
@@ -179,6 +212,7 @@ export async function captureLayer(
     tensors,
     plan,
     tokenIds: ids,
+    captureLayers: layers,
     checkFinite: opts.checkFinite,
     stream: opts.stream,
   }).finally(() => {
@@ -189,7 +223,7 @@ export async function captureLayer(
   return {
     model,
     revision: src.revision,
-    layer: opts.layer,
+    layer,
     tokenIds: ids,
     tokenTexts: ids.map(texts),
     T: ids.length,
@@ -201,6 +235,8 @@ export async function captureLayer(
     kRope: out.kRope,
     qRope: out.qRope,
     v: out.v,
+    attn: out.attn,
+    sweep: out.layers,
     report: {
       plan,
       config,

@@ -5,13 +5,17 @@
  *  embedding rows of the prompt's tokens ──► x (T, D) on the GPU
  *  warm-up: every pipeline a layer uses compiles while layer 0's weights are read
  *  for l in 0..L:
- *    a. attention half: submit steps 1-6 of decoderLayer (layer L: q/k/v and RoPE into the
- *       capture buffers, and stop); meanwhile stream layer l's down_proj and layer l+1's
- *       attention weights; wait once
+ *    a. attention half: submit steps 1-6 of decoderLayer (layer L: q/k/v and RoPE only);
+ *       a captured layer also copies its q/k/v (+ RoPE) and attention weights into its own
+ *       capture buffers; meanwhile stream layer l's down_proj and layer l+1's attention
+ *       weights; wait once
  *    b. MLP half: submit steps 7-9 and one finite check of x; meanwhile stream layer l+1's
  *       gate_proj and up_proj; wait once (the wait is the read of the check's flag)
  *    c. on a NaN/Inf, re-run layer l step by step from the saved residual to name the step
+ *  end: read every capture back
  * ```
+ *
+ * Capturing layers A..L costs no extra weight bytes: the pass computes them anyway.
  *
  * Every layer has the same shapes, so ONE set of weight buffers serves them all: a write is
  * queued behind the submits before it, so the next layer's weights can stream into a buffer
@@ -58,13 +62,21 @@ import {
   type WeightStreamOptions,
 } from "./weight_stream.ts";
 
-/** What the forward pass returns: the four captured tensors of layer L as f32. */
-export interface ForwardResult {
+/** One captured layer's tensors as f32. */
+export interface LayerTensors {
+  layer: number;
   q: Float32Array; //     (T, H*HD)   as it leaves q_proj
   k: Float32Array; //     (T, KV*HD)  as it leaves k_proj
   kRope: Float32Array; // (T, KV*HD)  after RoPE
   qRope: Float32Array; // (T, H*HD)   after RoPE
   v: Float32Array; //     (T, KV*HD)
+  attn: Float32Array; //  (H, T, T)   causal softmax attention weights
+}
+
+/** What the forward pass returns: the tensors of layer L (the deepest) and of every layer captured. */
+export interface ForwardResult extends LayerTensors {
+  /** Every captured layer, ascending; the last is layer L (the fields above). */
+  layers: LayerTensors[];
   /** Seconds from the start of each layer to the start of the next, index = layer. */
   layerSeconds: number[];
 }
@@ -77,6 +89,8 @@ export interface ForwardArgs {
   tensors: Map<string, TensorInfo & { file: string }>;
   plan: Plan;
   tokenIds: number[];
+  /** Layers to capture on the way, ascending, the last = plan.layer (default [plan.layer]). */
+  captureLayers?: number[];
   /**
    * Check each layer's output for NaN/Inf and stop with the layer and step (default true).
    * One check per layer; the step is found by re-running that layer step by step.
@@ -314,7 +328,12 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
   const { cos, sin } = ropeTables({ T, HD: cfg.HD, cfg: cfg.rope, posOffset: 0 });
   gpu.write(s.cos, cos);
   gpu.write(s.sin, sin);
-  const capture = allocCapture(gpu, dims);
+  const captured = a.captureLayers ?? [L];
+  if (captured.at(-1) !== L || captured.some((l, i) => i > 0 && l <= captured[i - 1])) {
+    throw new Error(`runForward: captureLayers must ascend to ${L}, got [${captured}]`);
+  }
+  const captures = new Map(captured.map((l) => [l, allocCapture(gpu, dims, { attn: true })]));
+  const last = captures.get(L)!;
   const check = a.checkFinite === false ? undefined : createFiniteCheck(gpu, 1);
   const readback = check && gpu.device.createBuffer({
     size: 16,
@@ -351,18 +370,19 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
     const none: TensorRead[] = [];
     for (let l = 0; l <= L; l++) {
       const t0 = performance.now();
-      const last = l === L;
+      const isL = l === L;
+      const capture = captures.get(l);
       // a. Attention half (layer L: q/k/v and RoPE only, into the capture buffers).
       const duringAttn = Promise.all([
-        slots.stream(l, last ? none : parts[l].down, src, ws),
-        slots.stream(l + 1, last ? none : parts[l + 1].attn, src, ws),
+        slots.stream(l, isL ? none : parts[l].down, src, ws),
+        slots.stream(l + 1, isL ? none : parts[l + 1].attn, src, ws),
       ]).then(() => {});
       let bad = await sync(gpu, duringAttn, (enc) => {
         enc.copyBufferToBuffer(x, 0, xBefore, 0, xBefore.size);
-        decoderLayer(gpu, enc, { dims, w, x, s, stop: last ? "qkv" : "attention", capture });
-      }, last ? chk([capture.q, capture.k, capture.v, capture.kRope]) : undefined);
+        decoderLayer(gpu, enc, { dims, w, x, s, stop: isL ? "qkv" : "attention", capture });
+      }, isL ? chk([last.q, last.k, last.v, last.kRope]) : undefined);
       // b. MLP half, ending with the layer's one finite check (of x).
-      if (!last) {
+      if (!isL) {
         const duringMlp = slots.stream(l + 1, parts[l + 1].mlp, src, ws);
         bad = await sync(gpu, duringMlp, (enc) => {
           decoderLayer(gpu, enc, { dims, w, x, s, start: "mlp" });
@@ -373,11 +393,15 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
       layerSeconds.push((performance.now() - t0) / 1000);
     }
 
-    // 4. Read the captured tensors back.
-    const [q, k, kRope, qRope, v] = await Promise.all(
-      [capture.q, capture.k, capture.kRope, capture.qRope, capture.v].map((b) => gpu.read(b)),
-    );
-    return { q, k, kRope, qRope, v, layerSeconds };
+    // 4. Read every captured layer's tensors back.
+    const layers: LayerTensors[] = [];
+    for (const [layer, c] of captures) {
+      const [q, k, kRope, qRope, v, attn] = await Promise.all(
+        [c.q, c.k, c.kRope, c.qRope, c.v, c.attn!].map((b) => gpu.read(b)),
+      );
+      layers.push({ layer, q, k, kRope, qRope, v, attn });
+    }
+    return { ...layers[layers.length - 1], layers, layerSeconds };
   } finally {
     ws.destroy();
     readback?.destroy();
@@ -397,7 +421,7 @@ async function failAtStep(
     xBefore: GPUBuffer;
     s: LayerScratch;
     l: number;
-    capture: ReturnType<typeof allocCapture>;
+    capture?: ReturnType<typeof allocCapture>;
   },
 ): Promise<never> {
   const { gpu, slots, l, x } = a;
