@@ -23,7 +23,10 @@ export {
   decodeText,
   env,
   envFlag,
+  expandHome,
+  hfHomeDir,
   isRepoId,
+  offlineFromEnv,
   readFileRange,
   repoFolderName,
   type SourceStats,
@@ -31,9 +34,9 @@ export {
 export { DEFAULT_ENDPOINT, openSource, type OpenSourceOptions } from "./open.ts";
 export { LocalSource, type LocalSourceOptions } from "./local.ts";
 export { HubSource, type HubSourceOptions } from "./hub.ts";
-export { HubError, hubFetch, type HubFetchOptions } from "./hub_fetch.ts";
-export { DEFAULT_RETRY, RetryBudget, type RetryOptions } from "./retry.ts";
-export { cleanToken } from "./token.ts";
+export { type HttpFailure, HubError, hubFetch, type HubFetchOptions } from "./hub_fetch.ts";
+export { DEFAULT_RETRY, RetryBudget, type RetryOptions, serverWaitMs } from "./retry.ts";
+export { cleanToken, findToken, type FoundToken, redactToken } from "./token.ts";
 export { HfCacheRepo, hfHubCacheDir } from "./hf_cache.ts";
 export { defaultRangeCacheDir, RangeCache } from "./range_cache.ts";
 export {
