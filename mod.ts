@@ -22,10 +22,11 @@ export {
   type CaptureReport,
   DEFAULT_MODEL,
   DEFAULT_PROMPT,
+  summaryLine,
 } from "./model/capture.ts";
 export { type GridOptions, gridSvg, renderGqaGrid } from "./viz/grid_svg.ts";
 export { GRID_LAYOUT_FUNCTIONS, type GridLayout, gridProblem, layoutGrid } from "./viz/layout.ts";
-export { captureToSafetensors, writeFileAtomic } from "./model/output.ts";
+export { captureToSafetensors, checkWritable, writeFileAtomic } from "./model/output.ts";
 export { GqaError, type GqaErrorCode } from "./errors.ts";
 
 // The pieces, for the tutorial scripts and for anyone building on them.

@@ -129,7 +129,10 @@ export function hfHomeDir(
 }
 
 /** `path` with the home folder shown as `~` (for messages). */
-export function tildePath(path: string, getenv: (name: string) => string | undefined = env): string {
+export function tildePath(
+  path: string,
+  getenv: (name: string) => string | undefined = env,
+): string {
   const home = (getenv("HOME") ?? "").replace(/\/+$/, "");
   return home && (path === home || path.startsWith(home + "/"))
     ? "~" + path.slice(home.length)

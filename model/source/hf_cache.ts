@@ -16,7 +16,7 @@
  * @module
  */
 import { join } from "node:path";
-import { COMMIT_RE, env, expandHome, type HfSnapshots, hfHomeDir, repoFolderName } from "./base.ts";
+import { COMMIT_RE, env, expandHome, hfHomeDir, type HfSnapshots, repoFolderName } from "./base.ts";
 
 /**
  * The hub cache folder from the environment, as `huggingface_hub` computes it:

@@ -77,7 +77,8 @@ export function findToken(getenv: (name: string) => string | undefined = env): F
     text = Deno.readTextFileSync(path);
   } catch {
     return {
-      source: `HF_TOKEN and HUGGING_FACE_HUB_TOKEN are unset and there is no token file at ${shown}`,
+      source:
+        `HF_TOKEN and HUGGING_FACE_HUB_TOKEN are unset and there is no token file at ${shown}`,
     };
   }
   const token = cleanToken(text, where);
