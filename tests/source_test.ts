@@ -4,7 +4,6 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { GqaError } from "../errors.ts";
 import { LocalSource } from "../model/source/local.ts";
 import { checkFileName, isRepoId, openSource, repoFolderName } from "../model/source/mod.ts";
