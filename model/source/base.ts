@@ -5,10 +5,12 @@
  * (and the factory above them) can import it without a cycle:
  *
  * ```
- * open.ts (openSource: picks a source, builds the caches, reads the environment)
+ * open.ts (openSource: picks a source, builds the caches, reads the environment;
+ *   │      token.ts finds the token as huggingface_hub does)
  *   ├─ local.ts        a folder on this machine
- *   ├─ hub.ts          a Hub repo; it imports token.ts (the token as sent) and
- *   │                  hub_fetch.ts (the HTTP policy), which imports retry.ts (backoff)
+ *   ├─ hub.ts          a Hub repo; it imports token.ts (cleaning, redaction at its
+ *   │                  boundary) and hub_fetch.ts (the HTTP policy), which imports
+ *   │                  retry.ts (backoff, Retry-After / RateLimit waits)
  *   ├─ hf_cache.ts     the Python client's cache   (given to hub.ts as an HfSnapshots)
  *   ├─ range_cache.ts  this tool's range cache     (given to hub.ts as a RangeStore)
  *   └─ progress.ts     the progress bar

@@ -8,9 +8,11 @@
  *    so a redirect to the CDN (the real Hub sends every large file there) never sees the
  *    token. The library itself never holds the token, so it cannot leak it either.
  * 2. **Retry policy** ({@linkcode HubFetcher.send}, with retry.ts's `RetryBudget`). 429
- *    and 5xx answers and failed connections are retried with exponential backoff
- *    (`Retry-After` and `RateLimit` waits honoured, see retry.ts), then reported as one clear "network" error;
- *    other HTTP errors become a {@linkcode HubError} at once.
+ *    and 5xx answers and failed connections are retried with exponential backoff (a
+ *    server's `Retry-After` / `RateLimit` wait honoured, see retry.ts), then reported as
+ *    one clear "network" error; other HTTP errors become a {@linkcode HubError} at once,
+ *    carrying the Hub's `X-Error-Code` and `X-Error-Message`. Errors leave
+ *    {@linkcode hubFetch} through token.ts's `redactToken`.
  * 3. **Body and range checks** ({@linkcode RangeRead}). A body cut short or a connection
  *    reset mid-body is resumed with a new Range request from the next byte; a body longer
  *    than asked is cut to the asked bytes (the rest is never read); a server that ignores

@@ -7,7 +7,8 @@
  *   `read(file, begin, end)`, `size`, `exists`, `readText`, plus counters.
  * - The sources: {@linkcode LocalSource} (local.ts, a folder) and {@linkcode HubSource}
  *   (hub.ts, a Hub repo read through the Hugging Face cache (hf_cache.ts), this tool's
- *   range cache (range_cache.ts), then the network (hub_fetch.ts, retry.ts, token.ts)).
+ *   range cache (range_cache.ts), then the network (hub_fetch.ts, retry.ts)); token.ts
+ *   finds the token (`findToken`, huggingface_hub's order) and keeps it out of errors.
  * - progress.ts draws the progress bar every source feeds.
  *
  * Imports point down only: open.ts → the implementations → base.ts → ../../errors.ts.
