@@ -153,11 +153,11 @@ Deno.test("openSource finds each token source, names it in a status line, and th
   await Deno.writeTextFile(join(home, "token"), MOCK_TOKEN + "\n");
   const none = Object.fromEntries(TOKEN_VARS.map((k) => [k, undefined]));
   const cases: [Record<string, string>, RegExp][] = [
-    [{ HF_TOKEN: MOCK_TOKEN }, /^using the HF_TOKEN environment variable$/],
-    [{ HUGGING_FACE_HUB_TOKEN: MOCK_TOKEN }, /^using the HUGGING_FACE_HUB_TOKEN/],
+    [{ HF_TOKEN: MOCK_TOKEN }, /^using the token in the HF_TOKEN environment variable$/],
+    [{ HUGGING_FACE_HUB_TOKEN: MOCK_TOKEN }, /^using the token in the HUGGING_FACE_HUB_TOKEN/],
     [
       { HF_TOKEN_PATH: file, HF_HOME: join(s.tmp, "empty") },
-      /^using the token file named by HF_TOKEN_PATH/,
+      /^using the token in the file HF_TOKEN_PATH names/,
     ],
     [{ HF_HOME: home }, /^using the token saved by `hf auth login` in .*hf\/token$/],
   ];
@@ -178,7 +178,7 @@ Deno.test("openSource finds each token source, names it in a status line, and th
     { ...none, HF_TOKEN: wrong, HF_HOME: home },
     () => gqaError(s.open({ token: undefined })),
   );
-  assert(/rejected the token from the HF_TOKEN environment variable/.test(e.message), e.message);
+  assert(/rejected the token in the HF_TOKEN environment variable/.test(e.message), e.message);
   assert(!e.message.includes(wrong));
   // No token anywhere: the 401 says where we looked.
   const e2 = await withEnv(
@@ -234,7 +234,7 @@ Deno.test("each Hub error kind gets its own message naming repo, file and revisi
       code: "auth",
       status: 401,
       hub: "",
-      want: [/rejected the token from the token option/, /Invalid credentials/, /new read token/],
+      want: [/rejected the token passed as an option/, /Invalid credentials/, /new read token/],
     },
     {
       what: "licence not accepted",

@@ -210,7 +210,7 @@ export class HubSource implements ByteSource {
       );
     }
     const page = `${this.#o.endpoint}/${this.name}`;
-    const source = this.#o.tokenSource ?? "HF_TOKEN";
+    const source = this.#o.tokenSource ?? "the token in HF_TOKEN";
     const login =
       `Log in with \`hf auth login\` (or set HF_TOKEN to a read token from https://huggingface.co/settings/tokens)`;
     const rejected = (status === 401 || status === 403) &&
@@ -218,23 +218,21 @@ export class HubSource implements ByteSource {
     if (rejected || (status === 401 && this.#o.token && !hubCode)) {
       return err(
         "auth",
-        `The Hub rejected the token from ${source} while reading ${at} (${said}): it is mistyped, expired or revoked. Create a new read token at https://huggingface.co/settings/tokens and log in again with \`hf auth login\` (or set HF_TOKEN to it).`,
+        `The Hub rejected ${source} while reading ${at} (${said}): it is mistyped, expired or revoked. Create a new read token at https://huggingface.co/settings/tokens and log in again with \`hf auth login\` (or set HF_TOKEN to it).`,
       );
     }
     if (hubCode === "GatedRepo" && status === 401) {
       return err(
         "auth",
         `${this.name} is a gated model: the Hub serves ${at} only to a logged-in account that accepted its licence, and ${
-          this.#o.token
-            ? `the token from ${source} was not accepted for it`
-            : `no token was sent (${source})`
+          this.#o.token ? `${source} was not accepted for it` : `no token was sent (${source})`
         } (${said}). ${login}, and accept the licence at ${page} with the same account.`,
       );
     }
     if (hubCode === "GatedRepo" || (status === 403 && this.#o.token)) {
       return err(
         "auth",
-        `The Hub accepted the token from ${source} but its account may not read ${at} (${said}): ${this.name} is gated and the licence at ${page} is not accepted yet, or the request is still pending review. Open ${page} logged in as the same account, accept the licence and wait until the page says access is granted; a fine-grained token also needs "Read access to contents of all public gated repos you can access".`,
+        `The Hub accepted ${source} but its account may not read ${at} (${said}): ${this.name} is gated and the licence at ${page} is not accepted yet, or the request is still pending review. Open ${page} logged in as the same account, accept the licence and wait until the page says access is granted; a fine-grained token also needs "Read access to contents of all public gated repos you can access".`,
       );
     }
     if (hubCode === "RepoNotFound" || status === 401) {

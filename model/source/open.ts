@@ -66,6 +66,9 @@ export interface OpenSourceOptions {
   log?: (line: string) => void;
 }
 
+/** How a token passed to openSource (`token`, captureLayer's `hfToken`) is named in messages. */
+const OPTION_TOKEN = "the token passed as an option";
+
 /** The default Hub. */
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
 
@@ -136,7 +139,7 @@ export async function openSource(a: OpenSourceOptions): Promise<ByteSource> {
     );
   }
   const found: FoundToken = a.token !== undefined
-    ? { token: cleanToken(a.token, "the token option"), source: "the token option" }
+    ? { token: cleanToken(a.token, OPTION_TOKEN), source: OPTION_TOKEN }
     : findToken();
   if (found.token) a.log?.(`using ${found.source}`);
   const offline = a.offline ?? offlineFromEnv();

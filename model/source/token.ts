@@ -20,8 +20,9 @@ export interface FoundToken {
   /** The cleaned token, or undefined when none was found. */
   token?: string;
   /**
-   * Where it came from, for messages ("the HF_TOKEN environment variable", "the token saved
-   * by `hf auth login` in ~/.cache/huggingface/token"); when none was found, where we looked.
+   * Which token it is, as a noun phrase for messages ("the token in the HF_TOKEN environment
+   * variable", "the token saved by `hf auth login` in ~/.cache/huggingface/token"); when
+   * none was found, where we looked.
    */
   source: string;
 }
@@ -36,13 +37,18 @@ export interface FoundToken {
  * cleanToken("  "); // undefined
  * ```
  */
-export function cleanToken(token: string | undefined, source = "HF_TOKEN"): string | undefined {
+export function cleanToken(
+  token: string | undefined,
+  source = "the token in HF_TOKEN",
+): string | undefined {
   const t = token?.trim();
   if (!t) return undefined;
   if (!/^[\x21-\x7e]+$/.test(t)) {
     throw new GqaError(
       "auth",
-      `The token from ${source} contains spaces, control or non-ASCII characters, so it cannot be a Hugging Face token (those look like hf_ followed by letters and digits). Copy it again from https://huggingface.co/settings/tokens and run \`hf auth login\` (or \`export HF_TOKEN=hf_...\`).`,
+      `${source[0].toUpperCase()}${
+        source.slice(1)
+      } contains spaces, control or non-ASCII characters, so it cannot be a Hugging Face token (those look like hf_ followed by letters and digits). Copy it again from https://huggingface.co/settings/tokens and run \`hf auth login\` (or \`export HF_TOKEN=hf_...\`).`,
     );
   }
   return t;
@@ -60,7 +66,7 @@ export function cleanToken(token: string | undefined, source = "HF_TOKEN"): stri
  */
 export function findToken(getenv: (name: string) => string | undefined = env): FoundToken {
   for (const name of ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]) {
-    const where = `the ${name} environment variable`;
+    const where = `the token in the ${name} environment variable`;
     const token = cleanToken(getenv(name), where);
     if (token) return { token, source: where };
   }
@@ -70,7 +76,7 @@ export function findToken(getenv: (name: string) => string | undefined = env): F
   if (!path) return { source: "HF_TOKEN, HUGGING_FACE_HUB_TOKEN (both unset)" };
   const shown = tildePath(path, getenv);
   const where = named
-    ? `the token file named by HF_TOKEN_PATH (${shown})`
+    ? `the token in the file HF_TOKEN_PATH names (${shown})`
     : `the token saved by \`hf auth login\` in ${shown}`;
   let text: string;
   try {
