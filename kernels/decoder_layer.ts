@@ -18,8 +18,9 @@
  * weight and scratch buffers (all layers have the same shapes), so device memory is one
  * layer of weights plus activations, whatever the depth.
  *
- * With `stop: "qkv"` the layer stops after the projections (and RoPE) and copies Q, K,
- * Q and K after RoPE, and V into capture buffers: that is all the GQA picture needs from layer L.
+ * With `capture` the layer copies Q, K, Q and K after RoPE, and V into capture buffers (and,
+ * when asked, computes the attention weights into one); with `stop: "qkv"` it stops there:
+ * that is all the GQA picture needs from the deepest captured layer.
  * @module
  */
 import type { Gpu } from "./gpu.ts";
@@ -27,6 +28,7 @@ import { type GpuMatrix, matmul } from "./matmul.ts";
 import { rmsnorm } from "./rmsnorm.ts";
 import { rope } from "./rope.ts";
 import { attention } from "./attention.ts";
+import { attentionProbs } from "./attention_probs.ts";
 import { swiglu } from "./swiglu.ts";
 import { add } from "./add.ts";
 import { type FiniteCheck, finiteCheck } from "./finite_check.ts";
@@ -91,6 +93,8 @@ export interface CaptureBuffers {
   kRope: GPUBuffer; // (T, KV*HD)  after RoPE
   qRope: GPUBuffer; // (T, H*HD)   after RoPE
   v: GPUBuffer; //     (T, KV*HD)
+  /** Causal softmax attention weights (H, T, T) from q and k after RoPE, when present. */
+  attn?: GPUBuffer;
 }
 
 /** Allocates the scratch buffers for `dims`; `cos`/`sin` are uploaded by the caller. */
@@ -112,10 +116,15 @@ export function allocScratch(gpu: Gpu, dims: LayerDims): LayerScratch {
   };
 }
 
-/** Allocates capture buffers for `dims`. */
-export function allocCapture(gpu: Gpu, dims: LayerDims): CaptureBuffers {
+/** Allocates capture buffers for `dims` (with the attention weights when `attn` is true). */
+export function allocCapture(
+  gpu: Gpu,
+  dims: LayerDims,
+  opts: { attn?: boolean } = {},
+): CaptureBuffers {
   const { T, H, KV, HD } = dims;
   return {
+    ...(opts.attn ? { attn: gpu.buffer(H * T * T * 4, "capture attn") } : {}),
     q: gpu.buffer(T * H * HD * 4, "capture q"),
     k: gpu.buffer(T * KV * HD * 4, "capture k"),
     kRope: gpu.buffer(T * KV * HD * 4, "capture kRope"),
@@ -201,6 +210,8 @@ export function decoderLayer(gpu: Gpu, encoder: GPUCommandEncoder, a: DecoderLay
   if (c) {
     encoder.copyBufferToBuffer(s.k, 0, c.kRope, 0, T * KV * HD * 4);
     encoder.copyBufferToBuffer(s.q, 0, c.qRope, 0, T * H * HD * 4);
+    // The attention weights, (H, T, T): only to show them; attention() below never needs them.
+    if (c.attn) attentionProbs(gpu, encoder, { q: s.q, k: s.k, probs: c.attn, T, H, KV, HD });
   }
   if (stop === "qkv") return;
 

@@ -14,7 +14,7 @@
 import { type Gpu, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
 import { checkShapes, type ModelConfig, parseConfigText } from "./config.ts";
 import { GqaError } from "../errors.ts";
-import { runForward } from "./forward.ts";
+import { type LayerTensors, runForward } from "./forward.ts";
 import { type Plan, planCapture } from "./plan.ts";
 import { type ByteSource, formatBytes, openSource, type OpenSourceOptions } from "./source/mod.ts";
 import { loadTensorIndex } from "./tensors.ts";
@@ -40,7 +40,16 @@ export interface Capture {
   kRope: Float32Array; // (T, KV*HD)  after RoPE
   qRope: Float32Array; // (T, H*HD)   after RoPE
   v: Float32Array; //     (T, KV*HD)
+  /** (H, T, T) causal softmax attention weights, as HF eager attention returns them. */
+  attn: Float32Array;
+  /**
+   * Every captured layer's tensors, ascending; the last is `layer` (the fields above). One
+   * entry for a single-layer capture.
+   */
+  sweep: LayerTensors[];
 }
+
+export type { LayerTensors };
 
 /** Everything a run measured, beside the capture. */
 export interface CaptureReport {
@@ -67,13 +76,18 @@ export interface CaptureOptions {
   model?: string;
   /** Branch, tag or commit on the Hub (default "main"). */
   revision?: string;
-  /** The layer to capture, 0-based. */
-  layer: number;
+  /** The layer to capture, 0-based (give this or `layers`). */
+  layer?: number;
+  /**
+   * Several layers captured in one pass (ascending after sorting; duplicates dropped), or
+   * "all". The pass runs to the deepest, which becomes `Capture.layer`.
+   */
+  layers?: number[] | "all";
   /** Text to tokenize (with BOS); ignored when `tokenIds` is given. */
   prompt?: string;
   /** Token ids to use as they are; tokenizer.json is then not read (tokens are labelled `#id`). */
   tokenIds?: number[];
-  /** Hub token (default `HF_TOKEN` from the environment). Never printed or stored. */
+  /** Hub token (default: found as `huggingface_hub` finds it: HF_TOKEN, …, the `hf auth login` file). Never printed or stored. */
   hfToken?: string;
   /** Hub base URL (default `HF_ENDPOINT`, else https://huggingface.co). */
   endpoint?: string;
@@ -88,11 +102,11 @@ export interface CaptureOptions {
   /** Receives one-line status messages (the token's source, the plan, the closing summary); default none. */
   log?: (line: string) => void;
   /**
-   * Checks the run's own options once the config and the tokens are known, before the
-   * first weight byte is read (throw a "bad-input" GqaError to refuse them): e.g. a token
-   * position against the prompt's length.
+   * Checks the run's own options once the config, the tokens and the layers are known,
+   * before the first weight byte is read (throw a "bad-input" GqaError to refuse them):
+   * e.g. a token position against the prompt's length.
    */
-  validate?: (a: { config: ModelConfig; tokenIds: number[] }) => void;
+  validate?: (a: { config: ModelConfig; tokenIds: number[]; layers: number[] }) => void;
   /** Check every step for NaN/Inf (default true). */
   checkFinite?: boolean;
   /** More source options (Hugging Face cache folder, retry policy, fetch), for tests. */
@@ -101,6 +115,27 @@ export interface CaptureOptions {
 
 /** The prompt used when neither a prompt nor token ids are given. */
 export const DEFAULT_PROMPT = "The quick brown fox jumps over the lazy dog";
+
+/** The layers `opts` asks for, ascending and distinct, or "all"; checks they are whole numbers ≥ 0. */
+function requestedLayers(opts: CaptureOptions): number[] | "all" {
+  if ((opts.layer === undefined) === (opts.layers === undefined)) {
+    throw new GqaError(
+      "bad-input",
+      'captureLayer needs exactly one of `layer` (one layer) and `layers` (a list or "all").',
+    );
+  }
+  if (opts.layers === "all") return "all";
+  const list = opts.layers ?? [opts.layer!];
+  for (const l of list) {
+    if (!Number.isInteger(l) || l < 0) {
+      throw new GqaError("bad-input", `--layer must be a whole number ≥ 0, got ${l}.`);
+    }
+  }
+  if (list.length === 0) {
+    throw new GqaError("bad-input", "`layers` is empty; give at least one layer to capture.");
+  }
+  return [...new Set(list)].sort((a, b) => a - b);
+}
 
 /**
  * The prompt's token ids and their texts. With `tokenIds` nothing is read (a weights-only
@@ -140,7 +175,13 @@ async function tokenize(
  * ```
  */
 export function summaryLine(
-  c: { model: string; layer: number; T: number; report: CaptureReport },
+  c: {
+    model: string;
+    layer: number;
+    T: number;
+    sweep?: { layer: number }[];
+    report: CaptureReport;
+  },
 ): string {
   const r = c.report;
   const net = r.bytesDownloaded ?? 0, disk = r.bytesFetched - net + (r.bytesFromCache ?? 0);
@@ -150,27 +191,31 @@ export function summaryLine(
   ].join(", ");
   const n = r.layerSeconds.length;
   const perLayer = n ? r.layerSeconds.reduce((a, b) => a + b, 0) / n : 0;
-  return `layer ${c.layer} of ${c.model}: ${c.T} tokens; ${moved} in ${r.requests} requests; ` +
+  const which = describeLayers(c.sweep?.map((l) => l.layer) ?? [c.layer]);
+  return `${which} of ${c.model}: ${c.T} tokens; ${moved} in ${r.requests} requests; ` +
     `${r.totalSeconds.toFixed(1)} s in all, ${perLayer.toFixed(2)} s per layer (${n} layers) ` +
     `on ${r.adapter}`;
 }
 
+/** "layer 5" or "layers 2-5" (a contiguous run) or "layers 0, 3, 5". */
+function describeLayers(ls: number[]): string {
+  if (ls.length === 1) return `layer ${ls[0]}`;
+  const run = ls.every((l, i) => i === 0 || l === ls[i - 1] + 1);
+  return run ? `layers ${ls[0]}-${ls[ls.length - 1]}` : `layers ${ls.join(", ")}`;
+}
+
 /**
- * Captures Q, K (pre- and post-RoPE) and V of `opts.layer` for a prompt, reading only the
- * bytes that layer needs. Everything that can be refused (the layer's range, the token
- * ids, the caller's `validate`) is refused before the first weight byte is read.
+ * Captures Q, K (pre- and post-RoPE) and V of `opts.layer` (or of every layer in
+ * `opts.layers`) for a prompt, reading only the bytes the deepest needs. Everything that
+ * can be refused (the layers' range, the token ids, the caller's `validate`) is refused
+ * before the first weight byte is read.
  */
 export async function captureLayer(
   opts: CaptureOptions,
 ): Promise<Capture & { report: CaptureReport }> {
   const t0 = performance.now();
   const model = opts.model ?? DEFAULT_MODEL;
-  if (!Number.isInteger(opts.layer) || opts.layer < 0) {
-    throw new GqaError(
-      "bad-input",
-      `--layer must be a whole number ≥ 0, got ${opts.layer}.`,
-    );
-  }
+  const wanted = requestedLayers(opts);
   const src = await openSource({
     model,
     revision: opts.revision,
@@ -188,13 +233,10 @@ export async function captureLayer(
     opts.log!(line);
   });
   try {
-    const prepared = await prepare(src, opts, log);
+    const prepared = await prepare(src, opts, wanted, log);
     const out = await compute(src, opts, prepared);
-    const cap = {
-      model,
-      ...out,
-      report: { ...out.report, totalSeconds: (performance.now() - t0) / 1000 },
-    };
+    const totalSeconds = (performance.now() - t0) / 1000;
+    const cap = { model, ...out, report: { ...out.report, totalSeconds } };
     log?.(summaryLine(cap));
     return cap;
   } finally {
@@ -208,6 +250,8 @@ interface Prepared {
   tensors: Awaited<ReturnType<typeof loadTensorIndex>>;
   ids: number[];
   texts: (id: number) => string;
+  /** The layers to capture, ascending; the last is the deepest, where the pass stops. */
+  layers: number[];
   plan: Plan;
 }
 
@@ -215,29 +259,33 @@ interface Prepared {
 async function prepare(
   src: ByteSource,
   opts: CaptureOptions,
+  wanted: number[] | "all",
   log?: (line: string) => void,
 ): Promise<Prepared> {
   // 1. Config, then the tensor table from the safetensors headers (read by range).
   const config = parseConfigText(await src.readText("config.json"), {
     where: `${src.name}/config.json`,
   });
-  if (opts.layer >= config.layers) {
+  const layers = wanted === "all" ? [...Array(config.layers).keys()] : wanted;
+  const layer = layers[layers.length - 1]; // the deepest: the pass stops there
+  if (layer >= config.layers) {
     throw new GqaError(
       "bad-input",
-      `--layer ${opts.layer} is out of range: ${src.name} has ${config.layers} layers, ` +
+      `--layer ${layer} is out of range: ${src.name} has ${config.layers} layers, ` +
         `so the valid range is 0 to ${config.layers - 1}.`,
     );
   }
   const tensors = await loadTensorIndex(src);
-  checkShapes(config, tensors, opts.layer);
+  checkShapes(config, tensors, layer);
 
   // 2. Tokens, the caller's checks, then the plan: exactly the byte ranges this layer needs.
   const { ids, texts } = await tokenize(src, opts);
-  opts.validate?.({ config, tokenIds: ids });
-  const plan = planCapture({ config, tensors, layer: opts.layer, tokenIds: ids });
+  opts.validate?.({ config, tokenIds: ids, layers });
+  // A range A..B reads exactly what B alone reads: layers below B are computed anyway.
+  const plan = planCapture({ config, tensors, layer, tokenIds: ids });
   log?.(plan.describe(src.name));
   src.expectBytes?.(plan.bytes);
-  return { config, tensors, ids, texts, plan };
+  return { config, tensors, ids, texts, layers, plan };
 }
 
 /** Step 3: the forward pass on the GPU, streaming the plan's weights. */
@@ -246,11 +294,11 @@ async function compute(
   opts: CaptureOptions,
   p: Prepared,
 ): Promise<Omit<Capture, "model"> & { report: Omit<CaptureReport, "totalSeconds"> }> {
-  const { config, ids, plan } = p;
+  const { config, ids, plan, layers } = p;
+  const layer = layers[layers.length - 1];
   const gpu = opts.gpu ?? await requestGpu();
   if (!gpu) throw new GqaError("no-adapter", NO_ADAPTER_HELP);
   const deviceBefore = gpu.bytesAllocated;
-  const L = opts.layer;
   const out = await runForward({
     gpu,
     src,
@@ -258,8 +306,9 @@ async function compute(
     tensors: p.tensors,
     plan,
     tokenIds: ids,
+    captureLayers: layers,
     checkFinite: opts.checkFinite,
-    onLayer: (l) => src.status?.(`layer ${l}/${L}`),
+    onLayer: (l) => src.status?.(`layer ${l}/${layer}`),
   }).finally(() => {
     src.close?.();
     if (!opts.gpu) gpu.destroy(); // a device we made is ours to release
@@ -267,7 +316,7 @@ async function compute(
 
   return {
     revision: src.revision,
-    layer: L,
+    layer,
     tokenIds: ids,
     tokenTexts: ids.map(p.texts),
     T: ids.length,
@@ -279,6 +328,8 @@ async function compute(
     kRope: out.kRope,
     qRope: out.qRope,
     v: out.v,
+    attn: out.attn,
+    sweep: out.layers,
     report: {
       plan,
       config,

@@ -5,8 +5,13 @@
  *  embedding rows of the prompt's tokens ──► x (T, D) on the GPU
  *  for l in 0..L-1:   read layer l's weights (layer l+1's read already started)
  *                     upload into the ONE set of layer buffers, decoderLayer(full)
+ *                     a captured layer also copies its q/k/v (+ RoPE) and attention
+ *                     weights into its own capture buffers on the way
  *  layer L:           input_layernorm + q/k/v only, decoderLayer(stop: "qkv") → capture
+ *  end:               read every capture back
  * ```
+ *
+ * Capturing layers A..L costs no extra weight bytes: the pass computes them anyway.
  *
  * Device memory is one layer of weights plus activations, whatever L is: every layer has
  * the same shapes, so the buffers created for layer 0 are rewritten for layer 1, and so on.
@@ -32,13 +37,21 @@ import type { ByteSource } from "./source/mod.ts";
 import type { TensorInfo } from "./safetensors.ts";
 import { GqaError } from "../errors.ts";
 
-/** What the forward pass returns: the four captured tensors of layer L as f32. */
-export interface ForwardResult {
+/** One captured layer's tensors as f32. */
+export interface LayerTensors {
+  layer: number;
   q: Float32Array; //     (T, H*HD)   as it leaves q_proj
   k: Float32Array; //     (T, KV*HD)  as it leaves k_proj
   kRope: Float32Array; // (T, KV*HD)  after RoPE
   qRope: Float32Array; // (T, H*HD)   after RoPE
   v: Float32Array; //     (T, KV*HD)
+  attn: Float32Array; //  (H, T, T)   causal softmax attention weights
+}
+
+/** What the forward pass returns: the tensors of layer L (the deepest) and of every layer captured. */
+export interface ForwardResult extends LayerTensors {
+  /** Every captured layer, ascending; the last is layer L (the fields above). */
+  layers: LayerTensors[];
   /** Seconds spent on each layer (read wait + upload + compute), index = layer. */
   layerSeconds: number[];
 }
@@ -51,6 +64,8 @@ export interface ForwardArgs {
   tensors: Map<string, TensorInfo & { file: string }>;
   plan: Plan;
   tokenIds: number[];
+  /** Layers to capture on the way, ascending, the last = plan.layer (default [plan.layer]). */
+  captureLayers?: number[];
   /** Check every step for NaN/Inf and stop with the layer and step (default true). */
   checkFinite?: boolean;
   /** Told when layer l starts (its read awaited, then its compute): the progress bar's label. */
@@ -207,7 +222,11 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
   const { cos, sin } = ropeTables({ T, HD: cfg.HD, cfg: cfg.rope, posOffset: 0 });
   gpu.write(s.cos, cos);
   gpu.write(s.sin, sin);
-  const capture = allocCapture(gpu, dims);
+  const captured = a.captureLayers ?? [L];
+  if (captured.at(-1) !== L || captured.some((l, i) => i > 0 && l <= captured[i - 1])) {
+    throw new Error(`runForward: captureLayers must ascend to ${L}, got [${captured}]`);
+  }
+  const captures = new Map(captured.map((l) => [l, allocCapture(gpu, dims, { attn: true })]));
   const check = a.checkFinite === false ? undefined : createFiniteCheck(gpu, LAYER_STEPS.length);
   const slots = new LayerSlots(gpu, a.tensors);
 
@@ -231,7 +250,7 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
       x,
       s,
       stop: l === L ? "qkv" : "full",
-      capture: l === L ? capture : undefined,
+      capture: captures.get(l),
       check,
     });
     await gpu.submit(enc);
@@ -250,9 +269,13 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
     layerSeconds.push((performance.now() - t0) / 1000);
   }
 
-  // 4. Read the captured tensors back.
-  const [q, k, kRope, qRope, v] = await Promise.all(
-    [capture.q, capture.k, capture.kRope, capture.qRope, capture.v].map((b) => gpu.read(b)),
-  );
-  return { q, k, kRope, qRope, v, layerSeconds };
+  // 4. Read every captured layer's tensors back.
+  const layers: LayerTensors[] = [];
+  for (const [layer, c] of captures) {
+    const [q, k, kRope, qRope, v, attn] = await Promise.all(
+      [c.q, c.k, c.kRope, c.qRope, c.v, c.attn!].map((b) => gpu.read(b)),
+    );
+    layers.push({ layer, q, k, kRope, qRope, v, attn });
+  }
+  return { ...layers[layers.length - 1], layers, layerSeconds };
 }

@@ -9,6 +9,7 @@
  *   4. model/plan.ts       the exact byte ranges layer L needs
  *   5. model/forward.ts    layers 0..L-1 on the GPU, then layer L up to q/k/v + RoPE
  *   6. viz/grid_svg.ts     one row per KV head, one column per query head sharing it
+ *      viz/png.ts          the same grid as PNG; viz/explorer.ts every captured layer as HTML
  * @module
  */
 import { type Gpu, NO_ADAPTER_HELP, requestGpu } from "../kernels/gpu.ts";
@@ -17,37 +18,44 @@ import { captureLayer, DEFAULT_MODEL, DEFAULT_PROMPT } from "../model/capture.ts
 import { GqaError } from "../errors.ts";
 import { captureToSafetensors, checkWritable, writeFileAtomic } from "../model/output.ts";
 import { renderGqaGrid } from "../viz/grid_svg.ts";
-import {
-  bad,
-  type CliIo,
-  cliMain,
-  parseCli,
-  parseIntArg,
-  parseLayerArg,
-  parseTokenIds,
-} from "./_args.ts";
+import { explorerHtml } from "../viz/explorer.ts";
+import { svgToPng } from "../viz/png.ts";
+import { bad, type CliIo, cliMain, parseCli, parseIntArg, parseTokenIds } from "./_args.ts";
 
 const HELP = `Draw how Grouped Query Attention shares keys, from a real model's layer.
 
-Usage: deno task viz --layer N [options]
+Usage: deno task viz --layer N|A-B|all [options]
 
 Options:
-  --layer N              layer to capture, 0-based (required)
+  --layer N|A-B|all      layer(s) to capture, 0-based (required): one layer N, the layers A to
+                         B, or every layer; one forward pass runs to the deepest and captures
+                         each on the way (a range reads no more bytes than its last layer)
   --model ID|DIR         Hub repo id or local folder (default ${DEFAULT_MODEL})
   --revision REV         branch, tag or commit on the Hub (default main)
   --prompt TEXT          text to run (default "${DEFAULT_PROMPT}")
-  --token-ids A,B,...    token ids to use instead of a prompt (tokenizer.json is then not read)
+  --token-ids A,B,...    token ids to use instead of a prompt (tokenizer.json is then not
+                         read; tokens are labelled by id)
   --token N|all          token position to draw (default 0, the first token), or all
   --dims N               how many head dimensions to draw per cell (default 20)
   --rope pre|post        K as it leaves k_proj (pre, default) or after RoPE (post)
   --show k|qk            draw K only, or K beside each query head's own Q
-  --out FILE             SVG path (default {model-name}_layer_{L}_gqa_keys.svg)
-  --save-tensors FILE    also write Q, K, K-after-RoPE and V as F32 safetensors
+  --out FILE.svg|.png|.html
+                         what to write, by extension (default
+                         {model-name}_layer_{L}_gqa_keys.svg):
+                           .svg   the grid as SVG (also any other name)
+                           .png   the same grid rasterised at 2× (bundled DejaVu Sans font)
+                           .html  the explorer: one self-contained page with every captured
+                                  layer and token, the attention weights and a per-layer GQA
+                                  summary; open it in any browser, no network needed
+                         With several layers, .svg and .png draw the deepest one.
+  --save-tensors FILE    also write, for every captured layer, Q, K, K-after-RoPE, V and the
+                         attention weights as F32 safetensors
   --quiet                no progress bar or status lines
   -h, --help             show this help
 
-Bad arguments (including a --token past the prompt and an --out that cannot be written) are
-refused before any weight is downloaded, with exit code 2.
+Bad arguments (including a --token past the prompt, a layer past the model's last, and an
+--out or --save-tensors that cannot be written) are refused before any weight is
+downloaded, with exit code 2.
 
 Environment: the token as huggingface_hub finds it (HF_TOKEN, HUGGING_FACE_HUB_TOKEN,
 HF_TOKEN_PATH, else the file \`hf auth login\` saved in $HF_HOME/token), HF_ENDPOINT,
@@ -56,6 +64,7 @@ HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1), GQA_VIZ_CA
 Examples:
   deno task viz --layer 5
   deno task viz --model ./testdata/generated/tiny-llama --layer 2 --show qk --token all
+  deno task viz --model ./testdata/generated/tiny-llama --layer all --out explorer.html
 `;
 
 /** Where the CLI writes: replaceable in tests. */
@@ -69,10 +78,52 @@ const defaultIo: Io = {
   err: (l) => console.error(l),
 };
 
-/** The default SVG name: `{model-name}_layer_{L}_gqa_keys.svg`, like the notebook's PNG. */
-export function defaultOutName(model: string, layer: number): string {
+/**
+ * The default SVG name: `{model-name}_layer_{L}_gqa_keys.svg`, like the notebook's PNG;
+ * `…_layers_{A}-{B}_…` for a range and `…_layers_all_…` for every layer.
+ */
+export function defaultOutName(model: string, layer: LayerSpec | number): string {
   const name = basename(model.replace(/[\\/]+$/, "")) || "model";
-  return `${name.replace(/[^A-Za-z0-9._-]/g, "_")}_layer_${layer}_gqa_keys.svg`;
+  const which = typeof layer === "number"
+    ? `layer_${layer}`
+    : layer === "all"
+    ? "layers_all"
+    : layer.length === 1
+    ? `layer_${layer[0]}`
+    : `layers_${layer[0]}-${layer[layer.length - 1]}`;
+  return `${name.replace(/[^A-Za-z0-9._-]/g, "_")}_${which}_gqa_keys.svg`;
+}
+
+/** What `--layer` asks for: the layers, ascending, or "all". */
+export type LayerSpec = number[] | "all";
+
+/**
+ * Parses `--layer`: "N", "A-B" (A ≤ B) or "all".
+ *
+ * @example
+ * ```ts
+ * parseLayerSpec("5"); // [5]
+ * parseLayerSpec("2-4"); // [2, 3, 4]
+ * parseLayerSpec("all"); // "all"
+ * ```
+ */
+export function parseLayerSpec(v: string): LayerSpec {
+  if (v.trim() === "all") return "all";
+  if (/^\s*-\d+\s*$/.test(v)) bad(`--layer must be a whole number ≥ 0, got ${v.trim()}.`);
+  const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(v);
+  const a = m ? Number(m[1]) : NaN, b = m?.[2] !== undefined ? Number(m[2]) : a;
+  if (!m || !Number.isSafeInteger(a) || !Number.isSafeInteger(b)) {
+    bad(`--layer must be a whole number ≥ 0, a range A-B or "all", got "${v}".`);
+  }
+  if (b < a) bad(`--layer ${v}: the range must run upwards (A ≤ B), e.g. --layer ${b}-${a}.`);
+  return Array.from({ length: b - a + 1 }, (_, i) => a + i);
+}
+
+/** The output kind from the file's extension: .png, .html/.htm, else SVG (as before). */
+function outKind(out: string): "svg" | "png" | "html" {
+  const ext = /\.([^./\\]+)$/.exec(out)?.[1]?.toLowerCase();
+  if (ext === "png") return "png";
+  return ext === "html" || ext === "htm" ? "html" : "svg";
 }
 
 /** Runs the CLI with `args`; returns the exit code. Errors are printed as one paragraph. */
@@ -98,7 +149,7 @@ const OPTIONS = {
 
 /** The run's options, every one checked: nothing here needs the model. */
 interface VizArgs {
-  layer: number;
+  layers: LayerSpec;
   model: string;
   revision?: string;
   prompt?: string;
@@ -108,6 +159,7 @@ interface VizArgs {
   rope: "pre" | "post";
   show: "k" | "qk";
   out: string;
+  kind: "svg" | "png" | "html";
   saveTensors?: string;
   quiet: boolean;
 }
@@ -116,7 +168,8 @@ interface VizArgs {
 async function parseVizArgs(
   o: ReturnType<typeof parseCli<typeof OPTIONS>>["values"],
 ): Promise<VizArgs> {
-  const layer = parseLayerArg(o.layer);
+  if (o.layer === undefined) bad("--layer is required (e.g. --layer 5).");
+  const layers = parseLayerSpec(o.layer);
   const dims = o.dims === undefined ? 20 : parseIntArg("dims", o.dims, 1);
   const token = o.token === undefined || o.token === "all"
     ? (o.token ?? 0) as number | "all"
@@ -128,7 +181,7 @@ async function parseVizArgs(
   const tokenIds = o["token-ids"] === undefined ? undefined : parseTokenIds(o["token-ids"]);
   if (tokenIds && o.prompt !== undefined) bad("Give either --prompt or --token-ids, not both.");
   const model = o.model ?? DEFAULT_MODEL;
-  const out = o.out ?? defaultOutName(model, layer);
+  const out = o.out ?? defaultOutName(model, layers);
   await checkWritable(out, "--out");
   const saveTensors = o["save-tensors"];
   if (saveTensors !== undefined) await checkWritable(saveTensors, "--save-tensors");
@@ -136,7 +189,7 @@ async function parseVizArgs(
     bad(`--out and --save-tensors both name ${out}; give them different paths.`);
   }
   return {
-    layer,
+    layers,
     model,
     revision: o.revision,
     prompt: o.prompt,
@@ -146,6 +199,7 @@ async function parseVizArgs(
     rope,
     show,
     out,
+    kind: outKind(out),
     saveTensors,
     quiet: o.quiet ?? false,
   };
@@ -175,7 +229,7 @@ async function run(args: string[], io: Io): Promise<number> {
     gpu,
     model: a.model,
     revision: a.revision,
-    layer: a.layer,
+    layers: a.layers,
     prompt: a.prompt,
     tokenIds: a.tokenIds,
     progress: !a.quiet,
@@ -186,8 +240,15 @@ async function run(args: string[], io: Io): Promise<number> {
     if (!io.gpu) gpu.destroy();
   });
 
-  const svg = renderGqaGrid(cap, { token: a.token, dims: a.dims, rope: a.rope, show: a.show });
-  await writeFileAtomic(a.out, svg, "SVG");
+  // 5. The picture: the deepest layer's grid (SVG, PNG) or every layer (the explorer).
+  const grid = { token: a.token, dims: a.dims, rope: a.rope, show: a.show } as const;
+  if (a.kind === "html") {
+    await writeFileAtomic(a.out, explorerHtml(cap, grid), "explorer page");
+  } else {
+    const svg = renderGqaGrid(cap, grid);
+    const bytes = a.kind === "svg" ? svg : await svgToPng(svg);
+    await writeFileAtomic(a.out, bytes, a.kind.toUpperCase());
+  }
   if (a.saveTensors) {
     await writeFileAtomic(a.saveTensors, captureToSafetensors(cap), "tensor file");
   }

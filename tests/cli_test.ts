@@ -106,7 +106,7 @@ Deno.test("defaultOutName() follows the notebook's {model}_layer_{L}_gqa_keys pa
   assertEquals(defaultOutName("./models/tiny-llama/", 2), "tiny-llama_layer_2_gqa_keys.svg");
 });
 
-gpuTest("viz on the tiny model writes an 8 × 4 grid SVG and the four tensors", async () => {
+gpuTest("viz on the tiny model writes an 8 × 4 grid SVG and the five tensors", async () => {
   const { dir } = await makeTinyModel();
   const tmp = await Deno.makeTempDir();
   const svgPath = join(tmp, "grid.svg"), stPath = join(tmp, "t.safetensors");
@@ -139,6 +139,7 @@ gpuTest("viz on the tiny model writes an 8 × 4 grid SVG and the four tensors", 
   const h = parseHeader(bytes.subarray(8, 8 + n), { file: stPath, fileSize: bytes.byteLength });
   const T = JSON.parse(h.metadata.token_ids).length;
   assertEquals(h.metadata.layer, "2");
+  assertEquals(h.metadata.layers, "[2]");
   assertEquals(h.metadata.model, dir);
   const shapes = Object.fromEntries([...h.tensors].map(([k, t]) => [k, [t.dtype, ...t.shape]]));
   assertEquals(shapes, {
@@ -146,6 +147,7 @@ gpuTest("viz on the tiny model writes an 8 × 4 grid SVG and the four tensors", 
     "model.layers.2.self_attn.q_proj": ["F32", T, 512],
     "model.layers.2.self_attn.v_proj": ["F32", T, 128],
     "model.layers.2.self_attn.k_rope": ["F32", T, 128],
+    "model.layers.2.self_attn.attn_weights": ["F32", 32, T, T],
   });
   await Deno.remove(tmp, { recursive: true });
 });
