@@ -146,6 +146,7 @@ export async function openSource(a: OpenSourceOptions): Promise<ByteSource> {
   const hfDir = a.hfCacheDir === false ? undefined : (a.hfCacheDir ?? hfHubCacheDir());
   const cacheRoot = a.rangeCache === false ? undefined : (a.cacheDir ?? defaultRangeCacheDir());
 
+  // A bar drawn while opening (a rate-limit wait) is erased if opening fails.
   return await HubSource.open({
     repo: model,
     revision: a.revision ?? "main",
@@ -158,5 +159,8 @@ export async function openSource(a: OpenSourceOptions): Promise<ByteSource> {
     retry: a.retry,
     fetch: a.fetch,
     progress,
+  }).catch((e) => {
+    progress.finish();
+    throw e;
   });
 }
