@@ -98,6 +98,35 @@ export interface ForwardArgs {
   checkFinite?: boolean;
   /** Staging piece and ring sizes (tests make them tiny to exercise the ring). */
   stream?: WeightStreamOptions;
+  /** Told when layer l starts (its read awaited, then its compute): the progress bar's label. */
+  onLayer?: (l: number) => void;
+}
+
+/** How many embedding-row reads run at once (a long prompt has one per distinct token). */
+const EMBEDDING_READS_AT_ONCE = 8;
+
+/**
+ * `f` over `items`, at most `limit` calls in flight at once; results in `items`' order.
+ * @example
+ * ```ts
+ * const chunks = await mapLimit(plan.embedding, 8, (r) => src.read(r.file, r.begin, r.end));
+ * ```
+ */
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  f: (item: T, i: number) => Promise<R>,
+): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await f(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
 }
 
 /** Layer l's tensor names, HF style. */
@@ -350,7 +379,11 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
     // stages more than about half a layer: a part's staging memory is free once it lands.
     const parts = plan.layers.map(splitParts);
     const first = slots.stream(0, parts[0].mlp, src, ws);
-    const chunks = await Promise.all(plan.embedding.map((r) => src.read(r.file, r.begin, r.end)));
+    const chunks = await mapLimit(
+      plan.embedding,
+      EMBEDDING_READS_AT_ONCE,
+      (r) => src.read(r.file, r.begin, r.end),
+    );
     const rows = gatherEmbeddingRows(plan, tokenIds, chunks); // (T, D) stored dtype
     const x = gpu.upload(decodeWeights(rows, embDtype), "residual x"); // (T, D) f32
     // Submitted, not awaited: a wait would block this thread while lavapipe compiles.
@@ -369,6 +402,7 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
     const chk = (outs: GPUBuffer[]) => check && readback && { c: check, readback, outs };
     const none: TensorRead[] = [];
     for (let l = 0; l <= L; l++) {
+      a.onLayer?.(l);
       const t0 = performance.now();
       const isL = l === L;
       const capture = captures.get(l);
