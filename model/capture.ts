@@ -69,6 +69,8 @@ export interface CaptureReport {
   adapter: string;
   /** Device memory this capture allocated: one layer of weights plus activations. */
   deviceBytes: number;
+  /** Tokens in the prompt (more than T when only token 0 was computed: `firstTokenOnly`). */
+  promptTokens: number;
 }
 
 /** Options of {@linkcode captureLayer}. */
@@ -201,7 +203,11 @@ export function summaryLine(
   const n = r.layerSeconds.length;
   const perLayer = n ? r.layerSeconds.reduce((a, b) => a + b, 0) / n : 0;
   const which = describeLayers(c.sweep?.map((l) => l.layer) ?? [c.layer]);
-  return `${which} of ${c.model}: ${c.T} tokens; ${moved} in ${r.requests} requests; ` +
+  const n0 = r.promptTokens ?? c.T;
+  const tokens = c.T < n0
+    ? `token 0 alone of ${n0} tokens` // firstTokenOnly: the rest cannot change token 0
+    : `${c.T} token${c.T === 1 ? "" : "s"}`;
+  return `${which} of ${c.model}: ${tokens}; ${moved} in ${r.requests} requests; ` +
     `${r.totalSeconds.toFixed(1)} s in all, ${perLayer.toFixed(2)} s per layer (${n} layers) ` +
     `on ${r.adapter}`;
 }
@@ -258,6 +264,8 @@ interface Prepared {
   config: ModelConfig;
   tensors: Awaited<ReturnType<typeof loadTensorIndex>>;
   ids: number[];
+  /** Tokens in the prompt (ids may hold token 0 alone). */
+  promptTokens: number;
   texts: (id: number) => string;
   /** The layers to capture, ascending; the last is the deepest, where the pass stops. */
   layers: number[];
@@ -290,14 +298,16 @@ async function prepare(
   // 2. Tokens, the caller's checks, then the plan: exactly the byte ranges this layer needs.
   const tokenized = await tokenize(src, opts);
   opts.validate?.({ config, tokenIds: tokenized.ids, layers });
-  // Token 0 alone when nothing else will be looked at (exact: attention is causal).
+  // Token 0 alone when nothing else will be looked at (exact: attention is causal); every
+  // id of the prompt is still checked against the vocabulary (planning reads nothing).
   const ids = opts.firstTokenOnly ? tokenized.ids.slice(0, 1) : tokenized.ids;
   const texts = tokenized.texts;
+  if (ids !== tokenized.ids) planCapture({ config, tensors, layer, tokenIds: tokenized.ids });
   // A range A..B reads exactly what B alone reads: layers below B are computed anyway.
   const plan = planCapture({ config, tensors, layer, tokenIds: ids });
   log?.(plan.describe(src.name));
   src.expectBytes?.(plan.bytes);
-  return { config, tensors, ids, texts, layers, plan };
+  return { config, tensors, ids, promptTokens: tokenized.ids.length, texts, layers, plan };
 }
 
 /** Step 3: the forward pass on the GPU, streaming the plan's weights. */
@@ -353,6 +363,7 @@ async function compute(
       layerSeconds: out.layerSeconds,
       adapter: gpu.adapterName,
       deviceBytes: gpu.bytesAllocated - deviceBefore,
+      promptTokens: p.promptTokens,
     },
   };
 }
