@@ -4,7 +4,7 @@
  * compare with one connection's rate.
  *
  * ```
- * deno run -A scripts/bench_download.ts [DIR] [--rate 10] [--layer 1] [--connections 16]
+ * deno run -A scripts/bench_download.ts [DIR] [--rate 10] [--layer 1] [--connections 16] [--capture]
  * ```
  *
  * Every tensor of the layer is asked for at once (as the forward pass streams a layer),
@@ -12,7 +12,8 @@
  * - one connection: a 40 MB read with `connections: 1` (what a single request can get);
  * - one request per tensor (pieces as large as the largest tensor): how reads went before
  *   the pool, each 117 MB MLP matrix on its own connection;
- * - the pool: 8 MiB pieces through `--connections` requests (default 16).
+ * - the pool: 8 MiB pieces through `--connections` requests (default 16);
+ * - with `--capture`, a whole capture of layer 5 through the same Hub, end to end.
  * Not a test: it takes about a minute, and the numbers depend on the machine.
  * @module
  */
@@ -23,6 +24,7 @@ import { loadTensorIndex } from "../model/tensors.ts";
 import { planCapture } from "../model/plan.ts";
 import { startMockHub } from "../tests/mock_hub.ts";
 import { make8bShaped } from "./make_8b_shaped.ts";
+import { captureLayer } from "../model/capture.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
@@ -31,6 +33,7 @@ const { values, positionals } = parseArgs({
     rate: { type: "string", default: "10" },
     layer: { type: "string", default: "1" },
     connections: { type: "string", default: "16" },
+    capture: { type: "boolean" },
   },
 });
 const dir = positionals[0] ?? "/tmp/llama3-8b-shaped";
@@ -107,6 +110,26 @@ const one = 40_000_000;
   const conns = Number(values.connections);
   const pool = await layerDownload({ connections: conns });
   row(`pool: 8 MiB pieces (${pool.requests} requests)`, `${conns}`, bytes, pool.seconds, base);
+}
+
+// 4. With --capture: a whole capture of layer 5 through the same Hub (no cache): the forward
+//    pass streams each layer while the previous one computes, so the pool stays busy.
+if (values.capture) {
+  const t0 = performance.now();
+  const cap = await captureLayer({
+    model: REPO,
+    layer: 5,
+    tokenIds: [128000, 791, 4062, 14198, 39935, 35308, 927, 279],
+    progress: false,
+    source: { endpoint: hub.endpoint, token: "", hfCacheDir: false, rangeCache: false },
+  });
+  const s = (performance.now() - t0) / 1000;
+  const n = cap.report.plan.bytes;
+  rows.push("");
+  rows.push(
+    `capture of layer 5 through the same Hub: ${(n / 1e9).toFixed(2)} GB in ${s.toFixed(1)} s ` +
+      `(${(n / 1e6 / s).toFixed(0)} MB/s end to end, ${cap.report.requests} requests)`,
+  );
 }
 
 const load = Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
