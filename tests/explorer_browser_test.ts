@@ -63,6 +63,42 @@ async function kSquares(page: Page, g: number, h: number): Promise<{ d: number; 
   });
 }
 
+/**
+ * Moves the dims window from the keyboard (4 dims from dim 6, then the last dim alone) and
+ * checks the K squares against the capture: `kAt(g, d)` is K[token, g, d] of what is shown.
+ */
+async function checkDimsWindow(page: Page, kAt: (g: number, d: number) => number, HD: number) {
+  // The dims window from the keyboard: 4 dims from dim 6, then the last dim alone.
+  await page.focus("#dims");
+  await page.keyboard.press("Home"); // 1 dim
+  for (let i = 0; i < 3; i++) await page.keyboard.press("ArrowRight"); // 4 dims
+  await page.focus("#dim-start");
+  for (let i = 0; i < 6; i++) await page.keyboard.press("ArrowRight"); // from dim 6
+  assertEquals(await page.$eval("#dims-out", (e) => e.textContent), "6\u20139 of 16");
+  for (const [g, h] of [[0, 2], [3, 13], [7, 31]]) {
+    const squares = await kSquares(page, g, h);
+    assertEquals(squares.map((s) => s.d), [6, 7, 8, 9]);
+    for (const s of squares) near(s.v, kAt(g, s.d), `dims 6–9: g${g} d${s.d}`);
+  }
+  assert(
+    Math.abs(kAt(0, 6) - kAt(0, 0)) > 1e-2,
+    "dims 0 and 6 differ, so the check can fail",
+  );
+  const ticks = await page.$$eval("#grid text.dim-tick", (ts) => ts.map((t) => t.textContent));
+  assertEquals(ticks[0], "6");
+  assert(
+    /dims 6\u20139 of 16/.test(
+      await page.$eval("#grid text.subtitle", (e) => e.textContent ?? ""),
+    ),
+    "the grid's subtitle names the window",
+  );
+  await page.keyboard.press("End"); // the first dim at HD − 1: the window is cut to one dim
+  assertEquals(await page.$eval("#dims-out", (e) => e.textContent), `${HD - 1} of ${HD}`);
+  const lastDim = await kSquares(page, 4, 17);
+  assertEquals(lastDim.map((s) => s.d), [HD - 1]);
+  near(lastDim[0].v, kAt(4, HD - 1), "the last dim alone");
+}
+
 /** data-v of the attention square (h, t, j). */
 async function pValue(page: Page, h: number, t: number, j: number): Promise<number> {
   return Number(
@@ -159,35 +195,8 @@ Deno.test({
       assertEquals(await page.$eval("body", (b) => b.getAttribute("data-layer")), "2");
       near(await kValue(page, 0, 2, 1), k(2, 5, 0, 1, true), "layer 2 after the arrow key");
 
-      // The dims window from the keyboard: 4 dims from dim 6, then the last dim alone.
-      await page.focus("#dims");
-      await page.keyboard.press("Home"); // 1 dim
-      for (let i = 0; i < 3; i++) await page.keyboard.press("ArrowRight"); // 4 dims
-      await page.focus("#dim-start");
-      for (let i = 0; i < 6; i++) await page.keyboard.press("ArrowRight"); // from dim 6
-      assertEquals(await page.$eval("#dims-out", (e) => e.textContent), "6\u20139 of 16");
-      for (const [g, h] of [[0, 2], [3, 13], [7, 31]]) {
-        const squares = await kSquares(page, g, h);
-        assertEquals(squares.map((s) => s.d), [6, 7, 8, 9]);
-        for (const s of squares) near(s.v, k(2, 5, g, s.d, true), `dims 6–9: g${g} d${s.d}`);
-      }
-      assert(
-        Math.abs(k(2, 5, 0, 6, true) - k(2, 5, 0, 0, true)) > 1e-2,
-        "dims 0 and 6 differ, so the check can fail",
-      );
-      const ticks = await page.$$eval("#grid text.dim-tick", (ts) => ts.map((t) => t.textContent));
-      assertEquals(ticks[0], "6");
-      assert(
-        /dims 6\u20139 of 16/.test(
-          await page.$eval("#grid text.subtitle", (e) => e.textContent ?? ""),
-        ),
-        "the grid's subtitle names the window",
-      );
-      await page.keyboard.press("End"); // the first dim at HD − 1: the window is cut to one dim
-      assertEquals(await page.$eval("#dims-out", (e) => e.textContent), "15 of 16");
-      const lastDim = await kSquares(page, 4, 17);
-      assertEquals(lastDim.map((s) => s.d), [HD - 1]);
-      near(lastDim[0].v, k(2, 5, 4, HD - 1, true), "the last dim alone");
+      // The dims window, from the keyboard.
+      await checkDimsWindow(page, (g, d) => k(2, 5, g, d, true), HD);
 
       // Hover shows the exact value in the status line.
       await page.hover("#grid #cell-g0-h0 rect.k");
