@@ -25,13 +25,14 @@ export {
   DEFAULT_MODEL,
   DEFAULT_PROMPT,
   type LayerTensors,
+  summaryLine,
 } from "./model/capture.ts";
 export { type GridOptions, gridSvg, renderGqaGrid } from "./viz/grid_svg.ts";
 export { GRID_LAYOUT_FUNCTIONS, type GridLayout, gridProblem, layoutGrid } from "./viz/layout.ts";
 export { type ExplorerCapture, explorerHtml } from "./viz/explorer.ts";
 export { type PngOptions, svgToPng } from "./viz/png.ts";
 export { type GqaSummary, gqaSummary, jsDistance } from "./viz/gqa_summary.ts";
-export { captureToSafetensors, writeFileAtomic } from "./model/output.ts";
+export { captureToSafetensors, checkWritable, writeFileAtomic } from "./model/output.ts";
 export { GqaError, type GqaErrorCode } from "./errors.ts";
 
 // The pieces, for the tutorial scripts and for anyone building on them.

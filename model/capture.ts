@@ -16,7 +16,7 @@ import { checkShapes, type ModelConfig, parseConfigText } from "./config.ts";
 import { GqaError } from "../errors.ts";
 import { type LayerTensors, runForward } from "./forward.ts";
 import { type Plan, planCapture } from "./plan.ts";
-import { type ByteSource, openSource, type OpenSourceOptions } from "./source/mod.ts";
+import { type ByteSource, formatBytes, openSource, type OpenSourceOptions } from "./source/mod.ts";
 import { loadTensorIndex } from "./tensors.ts";
 import { loadTokenizer } from "./tokenizer.ts";
 
@@ -57,6 +57,12 @@ export interface CaptureReport {
   config: ModelConfig;
   /** Bytes read from the network or disk (not from our range cache). */
   bytesFetched: number;
+  /** Of those, the bytes that came over the network. */
+  bytesDownloaded?: number;
+  /** Bytes served by this tool's range cache. */
+  bytesFromCache?: number;
+  /** Seconds from opening the model to the captured tensors read back. */
+  totalSeconds: number;
   requests: number;
   layerSeconds: number[];
   adapter: string;
@@ -79,9 +85,9 @@ export interface CaptureOptions {
   layers?: number[] | "all";
   /** Text to tokenize (with BOS); ignored when `tokenIds` is given. */
   prompt?: string;
-  /** Token ids to use as they are. */
+  /** Token ids to use as they are; tokenizer.json is then not read (tokens are labelled `#id`). */
   tokenIds?: number[];
-  /** Hub token (default `HF_TOKEN` from the environment). Never printed or stored. */
+  /** Hub token (default: found as `huggingface_hub` finds it: HF_TOKEN, …, the `hf auth login` file). Never printed or stored. */
   hfToken?: string;
   /** Hub base URL (default `HF_ENDPOINT`, else https://huggingface.co). */
   endpoint?: string;
@@ -93,8 +99,14 @@ export interface CaptureOptions {
   progress?: boolean;
   /** A device to use (default: the first adapter found). */
   gpu?: Gpu;
-  /** Receives one-line status messages (the plan); default none. */
+  /** Receives one-line status messages (the token's source, the plan, the closing summary); default none. */
   log?: (line: string) => void;
+  /**
+   * Checks the run's own options once the config, the tokens and the layers are known,
+   * before the first weight byte is read (throw a "bad-input" GqaError to refuse them):
+   * e.g. a token position against the prompt's length.
+   */
+  validate?: (a: { config: ModelConfig; tokenIds: number[]; layers: number[] }) => void;
   /** Check every step for NaN/Inf (default true). */
   checkFinite?: boolean;
   /** More source options (Hugging Face cache folder, retry policy, fetch), for tests. */
@@ -125,35 +137,83 @@ function requestedLayers(opts: CaptureOptions): number[] | "all" {
   return [...new Set(list)].sort((a, b) => a - b);
 }
 
+/**
+ * The prompt's token ids and their texts. With `tokenIds` nothing is read (a weights-only
+ * checkpoint or cache works, offline too); otherwise tokenizer.json is loaded.
+ */
 async function tokenize(
   src: ByteSource,
   opts: CaptureOptions,
 ): Promise<{ ids: number[]; texts: (id: number) => string }> {
-  let tokenizer: Awaited<ReturnType<typeof loadTokenizer>> | undefined;
-  if (await src.exists("tokenizer.json")) {
-    tokenizer = await loadTokenizer(await src.readText("tokenizer.json"));
-  } else if (!opts.tokenIds) {
+  if (opts.tokenIds) {
+    if (opts.tokenIds.length === 0) {
+      throw new GqaError("bad-input", "--token-ids is empty; give at least one token id.");
+    }
+    return { ids: opts.tokenIds, texts: (id) => `#${id}` };
+  }
+  if (!(await src.exists("tokenizer.json"))) {
     throw new GqaError(
       "not-found",
       `${src.name} has no tokenizer.json, so the prompt cannot be tokenized. Pass the ` +
         `token ids yourself with --token-ids (e.g. --token-ids 128000,791,4062).`,
     );
   }
-  const ids = opts.tokenIds ?? tokenizer!.encode(opts.prompt ?? DEFAULT_PROMPT);
+  const tokenizer = await loadTokenizer(await src.readText("tokenizer.json"));
+  const ids = tokenizer.encode(opts.prompt ?? DEFAULT_PROMPT);
   if (ids.length === 0) {
     throw new GqaError("bad-input", "The prompt has no tokens; give a non-empty --prompt.");
   }
-  const texts = (id: number) => tokenizer ? tokenizer.tokenText(id) : `#${id}`;
-  return { ids, texts };
+  return { ids, texts: (id) => tokenizer.tokenText(id) };
 }
 
 /**
- * Captures Q, K (pre- and post-RoPE) and V of `opts.layer` for a prompt, reading only the
- * bytes that layer needs.
+ * The closing line of a run: bytes (downloaded, or read from disk), total time and time
+ * per layer.
+ * @example
+ * ```ts
+ * summaryLine(cap); // "layer 5 of meta-llama/Meta-Llama-3-8B: 10 tokens; downloaded 2.23 GB in 41 requests; 24.1 s in all, 3.81 s per layer (6 layers) on llvmpipe"
+ * ```
+ */
+export function summaryLine(
+  c: {
+    model: string;
+    layer: number;
+    T: number;
+    sweep?: { layer: number }[];
+    report: CaptureReport;
+  },
+): string {
+  const r = c.report;
+  const net = r.bytesDownloaded ?? 0, disk = r.bytesFetched - net + (r.bytesFromCache ?? 0);
+  const moved = [
+    ...(net > 0 ? [`downloaded ${formatBytes(net)}`] : []),
+    ...(disk > 0 || net === 0 ? [`read ${formatBytes(disk)} from disk`] : []),
+  ].join(", ");
+  const n = r.layerSeconds.length;
+  const perLayer = n ? r.layerSeconds.reduce((a, b) => a + b, 0) / n : 0;
+  const which = describeLayers(c.sweep?.map((l) => l.layer) ?? [c.layer]);
+  return `${which} of ${c.model}: ${c.T} tokens; ${moved} in ${r.requests} requests; ` +
+    `${r.totalSeconds.toFixed(1)} s in all, ${perLayer.toFixed(2)} s per layer (${n} layers) ` +
+    `on ${r.adapter}`;
+}
+
+/** "layer 5" or "layers 2-5" (a contiguous run) or "layers 0, 3, 5". */
+function describeLayers(ls: number[]): string {
+  if (ls.length === 1) return `layer ${ls[0]}`;
+  const run = ls.every((l, i) => i === 0 || l === ls[i - 1] + 1);
+  return run ? `layers ${ls[0]}-${ls[ls.length - 1]}` : `layers ${ls.join(", ")}`;
+}
+
+/**
+ * Captures Q, K (pre- and post-RoPE) and V of `opts.layer` (or of every layer in
+ * `opts.layers`) for a prompt, reading only the bytes the deepest needs. Everything that
+ * can be refused (the layers' range, the token ids, the caller's `validate`) is refused
+ * before the first weight byte is read.
  */
 export async function captureLayer(
   opts: CaptureOptions,
 ): Promise<Capture & { report: CaptureReport }> {
+  const t0 = performance.now();
   const model = opts.model ?? DEFAULT_MODEL;
   const wanted = requestedLayers(opts);
   const src = await openSource({
@@ -164,9 +224,44 @@ export async function captureLayer(
     offline: opts.offline,
     cacheDir: opts.cacheDir,
     progress: opts.progress ?? true,
+    log: opts.log,
     ...opts.source,
   });
+  // Every status line starts on a line of its own: the bar is erased first.
+  const log = opts.log && ((line: string) => {
+    src.close?.();
+    opts.log!(line);
+  });
+  try {
+    const prepared = await prepare(src, opts, wanted, log);
+    const out = await compute(src, opts, prepared);
+    const totalSeconds = (performance.now() - t0) / 1000;
+    const cap = { model, ...out, report: { ...out.report, totalSeconds } };
+    log?.(summaryLine(cap));
+    return cap;
+  } finally {
+    src.close?.();
+  }
+}
 
+/** What {@linkcode prepare} hands to {@linkcode compute}: nothing of it is a weight byte. */
+interface Prepared {
+  config: ModelConfig;
+  tensors: Awaited<ReturnType<typeof loadTensorIndex>>;
+  ids: number[];
+  texts: (id: number) => string;
+  /** The layers to capture, ascending; the last is the deepest, where the pass stops. */
+  layers: number[];
+  plan: Plan;
+}
+
+/** Steps 1 and 2: config, tensor table, tokens, the caller's checks, the plan. No weight is read. */
+async function prepare(
+  src: ByteSource,
+  opts: CaptureOptions,
+  wanted: number[] | "all",
+  log?: (line: string) => void,
+): Promise<Prepared> {
   // 1. Config, then the tensor table from the safetensors headers (read by range).
   const config = parseConfigText(await src.readText("config.json"), {
     where: `${src.name}/config.json`,
@@ -183,14 +278,24 @@ export async function captureLayer(
   const tensors = await loadTensorIndex(src);
   checkShapes(config, tensors, layer);
 
-  // 2. Tokens, then the plan: exactly the byte ranges this layer needs.
+  // 2. Tokens, the caller's checks, then the plan: exactly the byte ranges this layer needs.
   const { ids, texts } = await tokenize(src, opts);
+  opts.validate?.({ config, tokenIds: ids, layers });
   // A range A..B reads exactly what B alone reads: layers below B are computed anyway.
   const plan = planCapture({ config, tensors, layer, tokenIds: ids });
-  opts.log?.(plan.describe(src.name));
+  log?.(plan.describe(src.name));
   src.expectBytes?.(plan.bytes);
+  return { config, tensors, ids, texts, layers, plan };
+}
 
-  // 3. The forward pass on the GPU.
+/** Step 3: the forward pass on the GPU, streaming the plan's weights. */
+async function compute(
+  src: ByteSource,
+  opts: CaptureOptions,
+  p: Prepared,
+): Promise<Omit<Capture, "model"> & { report: Omit<CaptureReport, "totalSeconds"> }> {
+  const { config, ids, plan, layers } = p;
+  const layer = layers[layers.length - 1];
   const gpu = opts.gpu ?? await requestGpu();
   if (!gpu) throw new GqaError("no-adapter", NO_ADAPTER_HELP);
   const deviceBefore = gpu.bytesAllocated;
@@ -198,22 +303,22 @@ export async function captureLayer(
     gpu,
     src,
     config,
-    tensors,
+    tensors: p.tensors,
     plan,
     tokenIds: ids,
     captureLayers: layers,
     checkFinite: opts.checkFinite,
+    onLayer: (l) => src.status?.(`layer ${l}/${layer}`),
   }).finally(() => {
     src.close?.();
     if (!opts.gpu) gpu.destroy(); // a device we made is ours to release
   });
 
   return {
-    model,
     revision: src.revision,
     layer,
     tokenIds: ids,
-    tokenTexts: ids.map(texts),
+    tokenTexts: ids.map(p.texts),
     T: ids.length,
     H: config.H,
     KV: config.KV,
@@ -229,6 +334,8 @@ export async function captureLayer(
       plan,
       config,
       bytesFetched: src.stats.bytesFetched,
+      bytesDownloaded: src.stats.bytesDownloaded ?? 0,
+      bytesFromCache: src.stats.bytesFromCache ?? 0,
       requests: src.stats.requests,
       layerSeconds: out.layerSeconds,
       adapter: gpu.adapterName,

@@ -68,6 +68,35 @@ export interface ForwardArgs {
   captureLayers?: number[];
   /** Check every step for NaN/Inf and stop with the layer and step (default true). */
   checkFinite?: boolean;
+  /** Told when layer l starts (its read awaited, then its compute): the progress bar's label. */
+  onLayer?: (l: number) => void;
+}
+
+/** How many embedding-row reads run at once (a long prompt has one per distinct token). */
+const EMBEDDING_READS_AT_ONCE = 8;
+
+/**
+ * `f` over `items`, at most `limit` calls in flight at once; results in `items`' order.
+ * @example
+ * ```ts
+ * const chunks = await mapLimit(plan.embedding, 8, (r) => src.read(r.file, r.begin, r.end));
+ * ```
+ */
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  f: (item: T, i: number) => Promise<R>,
+): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await f(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
 }
 
 /**
@@ -180,7 +209,11 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
 
   // 1. The embedding rows of the prompt's distinct tokens (never the whole table).
   const embDtype = a.tensors.get("model.embed_tokens.weight")!.dtype as WeightDtype;
-  const chunks = await Promise.all(plan.embedding.map((r) => src.read(r.file, r.begin, r.end)));
+  const chunks = await mapLimit(
+    plan.embedding,
+    EMBEDDING_READS_AT_ONCE,
+    (r) => src.read(r.file, r.begin, r.end),
+  );
   const rows = gatherEmbeddingRows(plan, tokenIds, chunks); // (T, D) stored dtype
   const x = gpu.upload(decodeWeights(rows, embDtype), "residual x"); // (T, D) f32
 
@@ -204,6 +237,7 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
     readAll(src, plan.layers[l], (r) => host.get(l % 2, r.tensor, r.end - r.begin));
   let next = read(0);
   for (let l = 0; l <= L; l++) {
+    a.onLayer?.(l);
     const t0 = performance.now();
     const bytes = await next;
     if (l < L) next = read(l + 1);

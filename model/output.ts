@@ -11,6 +11,50 @@ import { GqaError } from "../errors.ts";
 import { writeSafetensors } from "./safetensors.ts";
 import { dirname, join } from "node:path";
 
+/**
+ * Checks, before any work, that `path` could be written as {@linkcode writeFileAtomic} will:
+ * its folder exists and accepts a new file (tried for real, with a temp file removed at
+ * once, so permissions, read-only mounts and root all answer truthfully), and the path is
+ * not a directory or a special file. Throws a "bad-input" GqaError naming `option`.
+ * @example
+ * ```ts
+ * await checkWritable("out/grid.svg", "--out"); // throws if out/ does not exist
+ * ```
+ */
+export async function checkWritable(path: string, option: string): Promise<void> {
+  const refuse = (why: string): never => {
+    throw new GqaError("bad-input", `${option} ${path}: ${why}`);
+  };
+  if (path === "" || path.endsWith("/")) {
+    refuse("the path names a folder, not a file. Name a file, e.g. out/grid.svg.");
+  }
+  try {
+    const st = await Deno.stat(path);
+    if (st.isDirectory) refuse("it is a directory. Name a file inside it instead.");
+    if (!st.isFile) refuse("it exists and is not a regular file. Choose another path.");
+  } catch (e) {
+    if (e instanceof GqaError) throw e;
+    if (!(e instanceof Deno.errors.NotFound)) refuse(`${(e as Error).message}.`);
+  }
+  const dir = dirname(path);
+  let st: Deno.FileInfo | undefined;
+  try {
+    st = await Deno.stat(dir);
+  } catch { /* reported below */ }
+  if (!st?.isDirectory) {
+    refuse(
+      `the folder ${dir} does not exist. Create it first (mkdir -p ${dir}) or choose another path.`,
+    );
+  }
+  const probe = join(dir, `.${crypto.randomUUID()}.tmp`);
+  try {
+    await Deno.writeFile(probe, new Uint8Array(0), { createNew: true });
+  } catch (e) {
+    refuse(`the folder ${dir} is not writable (${(e as Error).message}). Choose another path.`);
+  }
+  await Deno.remove(probe).catch(() => {});
+}
+
 /** Writes `data` to `path` atomically; refuses directories and special files. */
 export async function writeFileAtomic(
   path: string,
