@@ -44,8 +44,40 @@ export function parseCli<O extends Options>(args: string[], options: O) {
   try {
     return parseArgs({ args: joined, options, strict: true, allowPositionals: false });
   } catch (e) {
-    bad(`${(e as Error).message}.`);
+    const unknown = /^Unknown option '--?([^']+)'/.exec((e as Error).message)?.[1];
+    const near = unknown === undefined ? undefined : closestOption(unknown, Object.keys(options));
+    bad(`${(e as Error).message}.${near ? ` Did you mean --${near}?` : ""}`);
   }
+}
+
+/**
+ * The option name closest to a mistyped one (`layr` → `layer`), when it is close enough to
+ * be a typo: at most 2 edits, or a prefix of a longer name (`save` → `save-tensors`).
+ * @example
+ * ```ts
+ * closestOption("layr", ["layer", "model"]); // "layer"
+ * ```
+ */
+export function closestOption(typed: string, names: string[]): string | undefined {
+  let best: string | undefined, bestD = 3;
+  for (const n of names) {
+    const d = n.startsWith(typed) && typed.length >= 3 ? 1 : editDistance(typed, n);
+    if (d < bestD) [best, bestD] = [n, d];
+  }
+  return best;
+}
+
+/** Levenshtein distance (insertions, deletions, substitutions) between two short strings. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length];
 }
 
 /** A whole number ≥ `min` for `--name`, or a bad argument: `--dims must be a whole number ≥ 1, got 0`. */
@@ -59,6 +91,24 @@ export function parseIntArg(name: string, v: string, min: number): number {
     );
   }
   return n;
+}
+
+/**
+ * `--dims N` (the first N head dimensions) or `--dims A-B` (dims A to B, both included):
+ * the window of each head drawn. Whether A is inside the head is checked against the
+ * config (HD) before any weight byte; a B past the head is cut there by the layout.
+ * @example
+ * ```ts
+ * parseDimsArg("20"); // { dimStart: 0, dims: 20 }
+ * parseDimsArg("64-83"); // { dimStart: 64, dims: 20 }
+ * ```
+ */
+export function parseDimsArg(v: string): { dimStart: number; dims: number } {
+  const m = /^\s*(\d+)\s*-\s*(\d+)\s*$/.exec(v);
+  if (!m) return { dimStart: 0, dims: parseIntArg("dims", v, 1) };
+  const [a, b] = [Number(m[1]), Number(m[2])];
+  if (b < a) bad(`--dims ${a}-${b}: the range must run upwards (A ≤ B), e.g. --dims 64-83.`);
+  return { dimStart: a, dims: b - a + 1 };
 }
 
 /**

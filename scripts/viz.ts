@@ -20,7 +20,16 @@ import { captureToSafetensors, checkWritable, writeFileAtomic } from "../model/o
 import { renderGqaGrid } from "../viz/grid_svg.ts";
 import { explorerHtml } from "../viz/explorer.ts";
 import { svgToPng } from "../viz/png.ts";
-import { bad, type CliIo, cliMain, parseCli, parseIntArg, parseTokenIds } from "./_args.ts";
+import {
+  bad,
+  type CliIo,
+  cliMain,
+  parseCli,
+  parseDimsArg,
+  parseIntArg,
+  parseTokenIds,
+} from "./_args.ts";
+import type { ModelConfig } from "../model/config.ts";
 
 const HELP = `Draw how Grouped Query Attention shares keys, from a real model's layer.
 
@@ -36,7 +45,7 @@ Options:
   --token-ids A,B,...    token ids to use instead of a prompt (tokenizer.json is then not
                          read; tokens are labelled by id)
   --token N|all          token position to draw (default 0, the first token), or all
-  --dims N               how many head dimensions to draw per cell (default 20)
+  --dims N|A-B           head dimensions per cell: the first N (default 20), or dims A to B
   --rope pre|post        K as it leaves k_proj (pre, default) or after RoPE (post)
   --show k|qk            draw K only, or K beside each query head's own Q
   --out FILE.svg|.png|.html
@@ -155,6 +164,8 @@ interface VizArgs {
   prompt?: string;
   tokenIds?: number[];
   token: number | "all";
+  /** The first head dimension drawn (`--dims A-B` → A). */
+  dimStart: number;
   dims: number;
   rope: "pre" | "post";
   show: "k" | "qk";
@@ -170,7 +181,9 @@ async function parseVizArgs(
 ): Promise<VizArgs> {
   if (o.layer === undefined) bad("--layer is required (e.g. --layer 5).");
   const layers = parseLayerSpec(o.layer);
-  const dims = o.dims === undefined ? 20 : parseIntArg("dims", o.dims, 1);
+  const { dimStart, dims } = o.dims === undefined
+    ? { dimStart: 0, dims: 20 }
+    : parseDimsArg(o.dims);
   const token = o.token === undefined || o.token === "all"
     ? (o.token ?? 0) as number | "all"
     : parseIntArg("token", o.token, 0);
@@ -195,6 +208,7 @@ async function parseVizArgs(
     prompt: o.prompt,
     tokenIds,
     token,
+    dimStart,
     dims,
     rope,
     show,
@@ -206,7 +220,13 @@ async function parseVizArgs(
 }
 
 /** Step 2: the checks that need the config and the tokens, run before any weight is read. */
-function checkAgainstModel(a: VizArgs, tokenIds: number[]): void {
+function checkAgainstModel(a: VizArgs, tokenIds: number[], config: ModelConfig): void {
+  if (a.dimStart >= config.HD) {
+    bad(
+      `--dims ${a.dimStart}-${a.dimStart + a.dims - 1} starts past the head: HD = ${config.HD}, ` +
+        `so the dims are 0 to ${config.HD - 1}.`,
+    );
+  }
   const T = tokenIds.length;
   if (a.token !== "all" && a.token >= T) {
     bad(`--token ${a.token} is out of range: the prompt has ${T} tokens (0 to ${T - 1}).`);
@@ -234,7 +254,7 @@ async function run(args: string[], io: Io): Promise<number> {
     tokenIds: a.tokenIds,
     progress: !a.quiet,
     log,
-    validate: ({ tokenIds }) => checkAgainstModel(a, tokenIds),
+    validate: ({ tokenIds, config }) => checkAgainstModel(a, tokenIds, config),
     // Only token 0 is drawn (a grid, not the explorer) and nothing else is saved: run T = 1
     // (exact: attention is causal, so token 0 never sees the tokens after it).
     firstTokenOnly: a.token === 0 && a.kind !== "html" && !a.saveTensors,
@@ -244,7 +264,13 @@ async function run(args: string[], io: Io): Promise<number> {
   });
 
   // 5. The picture: the deepest layer's grid (SVG, PNG) or every layer (the explorer).
-  const grid = { token: a.token, dims: a.dims, rope: a.rope, show: a.show } as const;
+  const grid = {
+    token: a.token,
+    dimStart: a.dimStart,
+    dims: a.dims,
+    rope: a.rope,
+    show: a.show,
+  } as const;
   if (a.kind === "html") {
     await writeFileAtomic(a.out, explorerHtml(cap, grid), "explorer page");
   } else {

@@ -104,6 +104,7 @@ Deno.test("viz refuses every bad argument with exit 2 before the first weight by
     ],
     [["--layer", "1", "--token-ids", "1,999999", "--out", svg], /outside the model's vocabulary/],
     [["--layer", "1", "--dims", "0", "--out", svg], /--dims must be a whole number ≥ 1/],
+    [["--layer", "1", "--dims", "16-19", "--out", svg], /--dims 16-19 starts past the head/],
     [["--layer", "1", "--show", "v", "--out", svg], /--show must be "k" or "qk"/],
     [["--layer", "1", "--rope", "mid", "--out", svg], /--rope must be "pre" or "post"/],
     [["--layer", "1", "--out", join(tmp, "missing", "x.svg")], /folder .*missing does not exist/],

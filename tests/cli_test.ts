@@ -77,7 +77,11 @@ for (
     [["--layer", "1", "--rope", "mid"], /--rope must be "pre" or "post"/],
     [["--layer", "1", "--show", "v"], /--show must be "k" or "qk"/],
     [["--layer", "1", "--token-ids", "1,a"], /"a" is not a token id/],
-    [["--layer", "1", "--bogus"], /Unknown option '--bogus'/],
+    [["--layer", "1", "--bogus"], /Unknown option '--bogus'\. Run with --help/],
+    [["--layr", "1"], /Unknown option '--layr'\. Did you mean --layer\?/],
+    [["--layer", "1", "--save", "x"], /Did you mean --save-tensors\?/],
+    [["--layer", "1", "--dims", "9-3"], /--dims 9-3: the range must run upwards/],
+    [["--layer", "1", "--dims", "4-x"], /--dims must be a whole number ≥ 1, got "4-x"/],
     [["--layer", "1", "--prompt", "x", "--token-ids", "1"], /either --prompt or --token-ids/],
     [["--layer", "-1"], /--layer must be a whole number ≥ 0, got -1\./],
     [["--layer=-1"], /--layer must be a whole number ≥ 0, got -1\./],
@@ -90,6 +94,28 @@ for (
     assertCleanError(await cli(args), 2, pattern);
   });
 }
+
+gpuTest(
+  "viz --dims A-B draws dims A..B and refuses a start past the head",
+  async () => {
+    const { dir } = await makeTinyModel(); // HD = 16
+    const tmp = await Deno.makeTempDir();
+    const svgPath = join(tmp, "window.svg");
+    const base = ["--model", dir, "--layer", "1", "--token-ids", "1,2,3", "--quiet"];
+    const r = await cli([...base, "--dims", "10-13", "--out", svgPath]);
+    assertEquals(r.code, 0, r.err);
+    const svg = await Deno.readTextFile(svgPath);
+    assertEquals((svg.match(/<rect [^>]*class="k"/g) ?? []).length, 32 * 4);
+    assert(svg.includes("dims 10–13 of 16"), "the subtitle names the window");
+    const past = await cli([...base, "--dims", "16-20", "--out", join(tmp, "past.svg")]);
+    assertCleanError(
+      past,
+      2,
+      /--dims 16-20 starts past the head: HD = 16, so the dims are 0 to 15/,
+    );
+    await Deno.remove(tmp, { recursive: true });
+  },
+);
 
 Deno.test("viz without a WebGPU adapter explains how to get one", async () => {
   const r = await cli(["--layer", "0", "--model", "/nonexistent"], {

@@ -3,7 +3,7 @@
  * network; opens from disk) to flip through the captured layers and tokens.
  *
  * ```
- *  ┌ pickers: layer · token · dims · K pre/post RoPE · K or Q beside K · attention view ┐
+ *  ┌ pickers: layer · token · first dim + dims · K pre/post RoPE · K or Q · attention ┐
  *  │ the key grid        gridSvg(layoutGrid(capture, opts)): the very functions of    │
  *  │                     viz/layout.ts and viz/grid_svg.ts, embedded by source text   │
  *  │ attention weights   the same KV-group grid: row g = KV head g, its r query heads  │
@@ -21,8 +21,9 @@
  * keeps full precision. For Llama-3-8B, 32 layers and 16 tokens the page is about 15 MB
  * (docs/BENCHMARKS.md): (2·T·H·HD + 2·T·KV·HD + H·T²) values a layer.
  *
- * DOM (stable, for tests): pickers `#layer`, `#token`, `#dims`, `#rope`, `#show`,
- * `#attn-mode`; the grid in `#grid` (the SVG of grid_svg.ts: rects `.k`/`.q` with a `<title>`
+ * DOM (stable, for tests): pickers `#layer`, `#token`, `#dim-start` (the first head dim shown,
+ * a slider 0…HD−1) and `#dims` (how many, 1…HD; the window is cut at HD), `#rope`, `#show`,
+ * `#attn-mode`; `#dims-out` names the window ("64–83 of 128"); the grid in `#grid` (the SVG of grid_svg.ts: rects `.k`/`.q` with a `<title>`
  * of the exact value, in `g#cell-g{g}-h{h}`); the attention view in `#attn` (rects
  * `.p` with `data-h`, `data-t`, `data-j`, `data-v` and a `<title>`); the chart in `#summary`.
  * @module
@@ -120,6 +121,21 @@ function scriptJson(v: unknown): string {
   );
 }
 
+/**
+ * The dims window as the page names it: the first and last dim shown (cut at HD) of HD.
+ * Pure, so the page embeds it by its source text beside the grid's functions.
+ *
+ * @example
+ * ```ts
+ * dimWindow(64, 20, 128); // "64–83 of 128"
+ * dimWindow(120, 20, 128); // "120–127 of 128"
+ * ```
+ */
+export function dimWindow(d0: number, dims: number, HD: number): string {
+  const last = Math.min(d0 + dims, HD) - 1;
+  return `${d0 === last ? d0 : `${d0}\u2013${last}`} of ${HD}`;
+}
+
 /** The pickers, with the initial choices of `opts` selected. */
 function controlsHtml(c: ExplorerCapture, opts: GridOptions): string {
   const sel = (on: boolean) => (on ? " selected" : "");
@@ -134,11 +150,13 @@ function controlsHtml(c: ExplorerCapture, opts: GridOptions): string {
       ),
     ).join("");
   const dims = Math.min(Math.max(1, opts.dims), c.HD);
+  const d0 = Math.min(Math.max(0, opts.dimStart ?? 0), c.HD - 1);
   return `<form id="controls" onsubmit="return false">
 <label>Layer <select id="layer">${layers}</select></label>
 <label>Token <select id="token">${tokens}</select></label>
+<label>First dim <input type="range" id="dim-start" min="0" max="${c.HD - 1}" value="${d0}"></label>
 <label>Dims <input type="range" id="dims" min="1" max="${c.HD}" value="${dims}">
-<output id="dims-out" for="dims">${dims}</output></label>
+<output id="dims-out" for="dim-start dims">${dimWindow(d0, dims, c.HD)}</output></label>
 <label>K <select id="rope"><option value="pre"${
     sel(opts.rope === "pre")
   }>as it leaves k_proj (pre-RoPE)</option>
@@ -166,7 +184,7 @@ export function explorerHtml(capture: ExplorerCapture, opts: GridOptions): strin
   const layers = c.sweep.map((l) => l.layer);
   const span = layers.length > 1 ? `layers ${layers[0]}–${layers.at(-1)}` : `layer ${layers[0]}`;
   const title = `GQA explorer: ${c.model}, ${span}`;
-  const code = [...GRID_LAYOUT_FUNCTIONS, ...GRID_SVG_FUNCTIONS].map(String).join("\n");
+  const code = [...GRID_LAYOUT_FUNCTIONS, ...GRID_SVG_FUNCTIONS, dimWindow].map(String).join("\n");
   return `<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -216,7 +234,8 @@ h2 { font-size: 15px; margin: 12px 0 4px; }
 form { display: flex; flex-wrap: wrap; gap: 6px 16px; align-items: center; }
 label { white-space: nowrap; }
 select, input { font: inherit; }
-#dims { width: 140px; vertical-align: middle; }
+#dims, #dim-start { width: 140px; vertical-align: middle; }
+#dims-out { display: inline-block; min-width: 7.5em; font-variant-numeric: tabular-nums; }
 #hover { margin: 4px 0 0; min-height: 1.4em; font-variant-numeric: tabular-nums; color: #333; }
 main { padding: 0 16px 24px; }
 section { background: #fff; border: 1px solid #e4e4e4; border-radius: 6px; padding: 4px 12px 12px;
@@ -228,7 +247,7 @@ svg { display: block; }
 
 /**
  * The page's own code (plain ES2017, no modules): decode the data, wire the pickers, draw.
- * It calls layoutGrid/gridSvg (embedded before it) and valueToHex/formatValue/escapeXml.
+ * It calls layoutGrid/gridSvg/dimWindow (embedded before it) and valueToHex/formatValue/escapeXml.
  */
 const PAGE_SCRIPT = String.raw`
 (function () {
@@ -264,7 +283,7 @@ const PAGE_SCRIPT = String.raw`
   function choices() {
     var tok = $("token").value;
     return { layer: Number($("layer").value), token: tok === "all" ? "all" : Number(tok),
-      dims: Number($("dims").value), rope: $("rope").value, show: $("show").value,
+      dimStart: Number($("dim-start").value), dims: Number($("dims").value), rope: $("rope").value, show: $("show").value,
       attnMode: $("attn-mode").value };
   }
 
@@ -273,7 +292,8 @@ const PAGE_SCRIPT = String.raw`
       tokenIds: DATA.tokenIds, tokenTexts: DATA.tokenTexts, T: DATA.T, H: DATA.H, KV: DATA.KV,
       HD: DATA.HD, q: ld.q, qRope: ld.qRope, k: ld.k,
       kRope: ld.kRope, v: ld.k };
-    var opts = { token: ch.token, dims: ch.dims, rope: ch.rope, show: ch.show };
+    var opts = { token: ch.token, dims: ch.dims, dimStart: ch.dimStart, rope: ch.rope,
+      show: ch.show };
     $("grid").innerHTML = gridSvg(layoutGrid(cap, opts)).replace(/^<\?xml[^>]*>\s*/, "");
   }
 
@@ -382,7 +402,10 @@ const PAGE_SCRIPT = String.raw`
 
   function update() {
     var ch = choices(), ld = layerData(ch.layer);
-    $("dims-out").textContent = String(ch.dims);
+    var win = dimWindow(ch.dimStart, ch.dims, DATA.HD);
+    $("dims-out").textContent = win;
+    $("dim-start").setAttribute("aria-valuetext", "dims " + win);
+    $("dims").setAttribute("aria-valuetext", ch.dims + " dims: " + win);
     $("attn-mode").disabled = ch.token === "all";
     drawGrid(ld, ch);
     drawAttention(ld, ch);
@@ -390,7 +413,7 @@ const PAGE_SCRIPT = String.raw`
     document.body.setAttribute("data-layer", String(ld.layer));
   }
 
-  ["layer", "token", "dims", "rope", "show", "attn-mode"].forEach(function (id) {
+  ["layer", "token", "dim-start", "dims", "rope", "show", "attn-mode"].forEach(function (id) {
     $(id).addEventListener("input", update);
     $(id).addEventListener("change", update);
   });

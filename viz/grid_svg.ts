@@ -57,8 +57,8 @@ export function escapeXml(s: string): string {
  * Renders the GQA grid of `capture` as an SVG 1.1 document (a string, UTF-8 text with an XML
  * declaration). See viz/layout.ts for the layout.
  *
- * @throws {GqaError} "bad-input" when an option is out of range (dims < 1, a token position
- *   outside 0..T−1, an unknown rope/show value, a clip percentile outside (0, 100]) or the
+ * @throws {GqaError} "bad-input" when an option is out of range (dims < 1, dimStart outside
+ *   0..HD−1, a token position outside 0..T−1, an unknown rope/show value, a clip percentile outside (0, 100]) or the
  *   capture's shapes do not match its arrays.
  * @example
  * ```ts
