@@ -153,6 +153,29 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "matmul({ warmUpOnly }) leaves Y untouched; the next real call is still exact",
+  async (gpu, rng) => {
+    for (const [T, N, K] of [[8, 70, 64], [3, 9, 37]]) { // fast path, general path
+      const wf = rng.normals(N * K, 0.1);
+      const w = uploadMatrix(gpu, { bytes: encodeWeights(wf, "BF16"), dtype: "BF16", N, K });
+      const xf = rng.normals(T * K);
+      const x = gpu.upload(xf), y = gpu.poisoned(T * N);
+      await gpu.run((e) => matmul(gpu, e, { x, w, y, T, warmUpOnly: true }));
+      assert((await gpu.read(y)).every(Number.isNaN), `(${T}, ${N}, ${K}): Y was written`);
+      await gpu.run((e) => matmul(gpu, e, { x, w, y, T }));
+      const ref = matmulRef({
+        x: xf,
+        w: decodeWeights(encodeWeights(wf, "BF16"), "BF16"),
+        T,
+        N,
+        K,
+      });
+      assertClose(await gpu.read(y), ref, 1e-5, `(${T}, ${N}, ${K})`);
+    }
+  },
+);
+
 gpuTest("matmul() handles T up to 512 (passes of tokens)", async (gpu, rng) => {
   await check(gpu, rng, { T: 512, N: 40, K: 64, dtype: "BF16", bias: true });
   await check(gpu, rng, { T: 300, N: 21, K: 63, dtype: "F16", bias: false });
