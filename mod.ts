@@ -3,7 +3,9 @@
  *
  * The library streams a checkpoint's safetensors shards (only the bytes a layer needs),
  * runs the forward pass up to that layer with hand-written WebGPU kernels, and returns
- * Q, K (as it leaves `k_proj`, and after RoPE) and V; `renderGqaGrid` draws the grid.
+ * Q, K (as it leaves `k_proj`, and after RoPE), V and the attention weights of one layer or
+ * of many in one pass; `renderGqaGrid` draws the grid (`svgToPng` rasterises it) and
+ * `explorerHtml` writes a self-contained page to flip through every captured layer and token.
  *
  * @example
  * ```ts ignore
@@ -22,10 +24,15 @@ export {
   type CaptureReport,
   DEFAULT_MODEL,
   DEFAULT_PROMPT,
+  type LayerTensors,
+  summaryLine,
 } from "./model/capture.ts";
 export { type GridOptions, gridSvg, renderGqaGrid } from "./viz/grid_svg.ts";
 export { GRID_LAYOUT_FUNCTIONS, type GridLayout, gridProblem, layoutGrid } from "./viz/layout.ts";
-export { captureToSafetensors, writeFileAtomic } from "./model/output.ts";
+export { type ExplorerCapture, explorerHtml } from "./viz/explorer.ts";
+export { type PngOptions, svgToPng } from "./viz/png.ts";
+export { type GqaSummary, gqaSummary, jsDistance } from "./viz/gqa_summary.ts";
+export { captureToSafetensors, checkWritable, writeFileAtomic } from "./model/output.ts";
 export { GqaError, type GqaErrorCode } from "./errors.ts";
 
 // The pieces, for the tutorial scripts and for anyone building on them.
@@ -42,6 +49,7 @@ export { type GpuMatrix, matmul, matmulRef, uploadMatrix } from "./kernels/matmu
 export { rmsnorm, rmsnormRef } from "./kernels/rmsnorm.ts";
 export { rope, ropeInvFreq, ropeRef, ropeTables } from "./kernels/rope.ts";
 export { attention, attentionRef } from "./kernels/attention.ts";
+export { attentionProbs, attentionProbsRef } from "./kernels/attention_probs.ts";
 export { swiglu, swigluRef } from "./kernels/swiglu.ts";
 export { add, addRef } from "./kernels/add.ts";
 export { decoderLayer, type LayerDims, type LayerWeights } from "./kernels/decoder_layer.ts";

@@ -18,8 +18,9 @@
  * weight and scratch buffers (all layers have the same shapes), so device memory is one
  * layer of weights plus activations, whatever the depth.
  *
- * With `stop: "qkv"` the layer stops after the projections (and RoPE) and copies Q, K,
- * Q and K after RoPE, and V into capture buffers: that is all the GQA picture needs from layer L.
+ * With `capture` the layer copies Q, K, Q and K after RoPE, and V into capture buffers (and,
+ * when asked, computes the attention weights into one); with `stop: "qkv"` it stops there:
+ * that is all the GQA picture needs from the deepest captured layer.
  * @module
  */
 import { type Gpu, GpuError } from "./gpu.ts";
@@ -27,6 +28,7 @@ import { type GpuMatrix, matmul } from "./matmul.ts";
 import { rmsnorm } from "./rmsnorm.ts";
 import { rope } from "./rope.ts";
 import { attention } from "./attention.ts";
+import { attentionProbs } from "./attention_probs.ts";
 import { swiglu } from "./swiglu.ts";
 import { add } from "./add.ts";
 import { type FiniteCheck, finiteCheck } from "./finite_check.ts";
@@ -175,12 +177,19 @@ export interface CaptureBuffers {
   kRope: GPUBuffer; // (T, KV*HD)  after RoPE
   qRope: GPUBuffer; // (T, H*HD)   after RoPE
   v: GPUBuffer; //     (T, KV*HD)
+  /** Causal softmax attention weights (H, T, T) from q and k after RoPE, when present. */
+  attn?: GPUBuffer;
 }
 
-/** Allocates capture buffers for `dims`. */
-export function allocCapture(gpu: Gpu, dims: LayerDims): CaptureBuffers {
+/** Allocates capture buffers for `dims` (with the attention weights when `attn` is true). */
+export function allocCapture(
+  gpu: Gpu,
+  dims: LayerDims,
+  opts: { attn?: boolean } = {},
+): CaptureBuffers {
   const { T, H, KV, HD } = dims;
   return {
+    ...(opts.attn ? { attn: gpu.buffer(H * T * T * 4, "capture attn") } : {}),
     q: gpu.buffer(T * H * HD * 4, "capture q"),
     k: gpu.buffer(T * KV * HD * 4, "capture k"),
     kRope: gpu.buffer(T * KV * HD * 4, "capture kRope"),
@@ -214,8 +223,13 @@ export interface DecoderLayerArgs {
   /** The residual stream (T, D), read and updated in place. */
   x: GPUBuffer;
   s: LayerScratch;
-  /** "full" runs the whole layer; "qkv" stops after RoPE and fills `capture`. */
-  stop?: "full" | "qkv";
+  /**
+   * "full" runs the whole layer; "qkv" stops after RoPE and fills `capture`; "attention"
+   * stops after the attention residual (steps 1-6), and `start: "mlp"` runs the rest
+   * (steps 7-9), so a caller can submit a layer in two halves.
+   */
+  stop?: "full" | "qkv" | "attention";
+  start?: "input" | "mlp";
   capture?: CaptureBuffers;
   /** Records a non-finite check after every step (see finite_check.ts). */
   check?: FiniteCheck;
@@ -233,17 +247,29 @@ export interface DecoderLayerArgs {
  * ```
  */
 export function decoderLayer(gpu: Gpu, encoder: GPUCommandEncoder, a: DecoderLayerArgs): void {
-  const { T } = a.dims;
+  const { T, H, KV, HD } = a.dims;
   const Tc = a.s.Tc;
-  for (let t0 = 0; t0 < T; t0 += Tc) projectChunk(gpu, encoder, a, t0, Math.min(Tc, T - t0));
-  if ((a.stop ?? "full") === "qkv") return;
+  const stop = a.stop ?? "full";
+  const chunks = (f: typeof projectChunk) => {
+    for (let t0 = 0; t0 < T; t0 += Tc) f(gpu, encoder, a, t0, Math.min(Tc, T - t0));
+  };
+  if (a.start !== "mlp") {
+    chunks(projectChunk); // steps 1-4 for every token: K and V complete before attention
+    const c = a.capture;
+    // The attention weights, (H, T, T): only to show them; attention() below never needs them.
+    if (c?.attn) {
+      attentionProbs(gpu, encoder, { q: a.s.q, k: a.s.k, probs: c.attn, T, H, KV, HD });
+    }
+    if (stop === "qkv") return;
+    if (!a.w.o) throw new Error("decoderLayer: a full layer needs the o_proj weights");
+    chunks(attendChunk); // steps 5-6
+    if (stop === "attention") return;
+  }
   const { w } = a;
-  if (!w.o || !w.postNorm || !w.gate || !w.up || !w.down) {
-    throw new Error("decoderLayer: a full layer needs o, postNorm, gate, up and down weights");
+  if (!w.postNorm || !w.gate || !w.up || !w.down) {
+    throw new Error("decoderLayer: the MLP needs postNorm, gate, up and down weights");
   }
-  for (let t0 = 0; t0 < T; t0 += Tc) {
-    attendAndMlpChunk(gpu, encoder, a, t0, Math.min(Tc, T - t0));
-  }
+  chunks(mlpChunk); // steps 7-9
 }
 
 type StepName = (typeof LAYER_STEPS)[number];
@@ -319,8 +345,8 @@ function projectChunk(
   rows(gpu, encoder, "out", s.v, v, { t0, n, width: KV * HD });
 }
 
-/** Steps 5-9 for tokens [t0, t0 + n): attention over keys 0..t, o_proj, MLP, residuals. */
-function attendAndMlpChunk(
+/** Steps 5-6 for tokens [t0, t0 + n): attention over keys 0..t, o_proj, first residual. */
+function attendChunk(
   gpu: Gpu,
   encoder: GPUCommandEncoder,
   a: DecoderLayerArgs,
@@ -329,7 +355,7 @@ function attendAndMlpChunk(
 ): void {
   const { dims, s } = a;
   const w = a.w as Required<LayerWeights>;
-  const { D, H, KV, HD, I, eps } = dims;
+  const { D, H, KV, HD } = dims;
   const step = stepper(gpu, encoder, a.check);
   const c = s.chunk;
   const x = c?.x ?? a.x, q = c?.q ?? s.q;
@@ -345,6 +371,23 @@ function attendAndMlpChunk(
   rows(gpu, encoder, "in", a.x, x, { t0, n, width: D });
   add(gpu, encoder, { x, y: s.out, n: n * D });
   step("attention residual", x, n * D);
+  rows(gpu, encoder, "out", a.x, x, { t0, n, width: D });
+}
+
+/** Steps 7-9 for tokens [t0, t0 + n): x += mlp(rmsnorm(x)). */
+function mlpChunk(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  a: DecoderLayerArgs,
+  t0: number,
+  n: number,
+): void {
+  const { dims, s } = a;
+  const w = a.w as Required<LayerWeights>;
+  const { D, I, eps } = dims;
+  const step = stepper(gpu, encoder, a.check);
+  const x = s.chunk?.x ?? a.x;
+  rows(gpu, encoder, "in", a.x, x, { t0, n, width: D });
 
   // 7. MLP input: xn = rmsnorm(x) · post_attention_layernorm
   rmsnorm(gpu, encoder, { x, w: w.postNorm, y: s.xn, T: n, D, eps });

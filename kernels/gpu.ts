@@ -312,6 +312,18 @@ export class Gpu {
     return encoder.finish();
   }
 
+  /**
+   * Submits `encoder` without waiting (the caller waits its own way, e.g. by mapping a
+   * buffer); its parameter blocks are released once the queue has finished it.
+   */
+  submitAsync(encoder: GPUCommandEncoder): void {
+    this.device.queue.submit([this.finish(encoder)]);
+    this.device.queue.onSubmittedWorkDone().then(
+      () => this.#releaseArenas(encoder),
+      () => {}, // a lost device: nothing left to release
+    );
+  }
+
   /** Submits `encoder` and resolves once the GPU has finished it. */
   async submit(encoder: GPUCommandEncoder): Promise<void> {
     this.device.queue.submit([this.finish(encoder)]);

@@ -109,6 +109,12 @@ export interface MatmulArgs {
   gridLimit?: number;
   /** Force a kernel family; default `gpu.kernels` (see matmul_gpu.ts for "gpu"). */
   family?: KernelFamily;
+  /**
+   * Record the same pipelines over zero rows: Y is left untouched, but the shaders are
+   * compiled (lavapipe compiles a pipeline at its first dispatch), so a run can warm them
+   * up while its first weights are still being read.
+   */
+  warmUpOnly?: boolean;
 }
 
 /** How one {@linkcode matmul} call is carried out (see {@linkcode planMatmul}). */
@@ -232,12 +238,13 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
   const biasBind: Binding[] = a.bias ? [{ buffer: a.bias, size: N * 4 }] : [];
   const gridLimit = a.gridLimit ?? 65535;
   const RR = plan.rowsPerInvocation, WG = plan.workgroupSize;
+  const warm = a.warmUpOnly === true; // zero rows, one workgroup
 
   if (plan.path === "fast") {
     const xRows = stageX(gpu, encoder, a.x, T, K);
     for (const c of plan.chunks) {
       const wBind: Binding = { buffer: w.buffer, offset: c.offset, size: c.size };
-      const groups = Math.ceil(Math.ceil(c.rows / RR) / WG);
+      const groups = warm ? 1 : Math.ceil(Math.ceil(c.rows / RR) / WG);
       for (const p of plan.passes) {
         const code = fastShader({
           dtype: w.dtype,
@@ -248,7 +255,8 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
           WG,
           bias: !!a.bias,
         });
-        const params = gpu.uniform(new Uint32Array([c.rows, c.row0, c.wBase, N, p.t0, 0, 0, 0]));
+        const rows = warm ? 0 : c.rows;
+        const params = gpu.uniform(new Uint32Array([rows, c.row0, c.wBase, N, p.t0, 0, 0, 0]));
         const xs = Array.from({ length: p.tokens }, (_, t) => xRows(p.t0 + t));
         gpu.dispatch(
           encoder,
@@ -268,11 +276,11 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
     const xBind: Binding = { buffer: a.x, size: T * K * 4 };
     for (const c of plan.chunks) {
       const wBind: Binding = { buffer: w.buffer, offset: c.offset, size: c.size };
-      const groups = Math.ceil(c.rows / WG);
+      const groups = warm ? 1 : Math.ceil(c.rows / WG);
       for (const p of plan.passes) {
         const code = generalShader({ dtype: w.dtype, TT: p.tokens, bias: !!a.bias });
         const params = gpu.uniform(
-          new Uint32Array([c.rows, c.row0, c.wBase, N, p.t0, K, 0, 0]),
+          new Uint32Array([warm ? 0 : c.rows, c.row0, c.wBase, N, p.t0, K, 0, 0]),
         );
         gpu.dispatch(
           encoder,

@@ -61,6 +61,8 @@ export interface GpuMatmulArgs {
   maxBindingBytes?: number;
   /** Workgroups per grid dimension (default 65535). */
   gridLimit?: number;
+  /** Compile and record the same pipelines over zero rows: Y is left untouched. */
+  warmUpOnly?: boolean;
 }
 
 /** How {@linkcode matmulGpu} runs a call (see {@linkcode planMatmulGpu}). */
@@ -153,8 +155,9 @@ export function matmulGpu(gpu: Gpu, encoder: GPUCommandEncoder, a: GpuMatmulArgs
     const yBind: Binding = { buffer: a.y, offset: win.t0 * N * 4, size: win.tokens * N * 4 };
     for (const c of plan.chunks) {
       const wBind: Binding = { buffer: w.buffer, offset: c.offset, size: c.size };
+      const warm = a.warmUpOnly === true; // zero rows, one workgroup: nothing is stored
       const params = gpu.uniform(
-        new Uint32Array([c.rows, c.row0, c.wBase, N, win.tokens, K, 0, 0]),
+        new Uint32Array([warm ? 0 : c.rows, c.row0, c.wBase, N, win.tokens, K, 0, 0]),
       );
       const bindings = [params, wBind, yBind, xBind, ...biasBind];
       if (plan.kind === "gemv") {
@@ -166,11 +169,11 @@ export function matmulGpu(gpu: Gpu, encoder: GPUCommandEncoder, a: GpuMatmulArgs
           lanes: plan.lanes,
           bias: !!a.bias,
         });
-        const groups = Math.ceil(c.rows / (GROUPS * R));
+        const groups = warm ? 1 : Math.ceil(c.rows / (GROUPS * R));
         gpu.dispatch(encoder, gpu.pipeline(code), bindings, grid2d(groups, gridLimit));
       } else {
         const code = gemmShader({ dtype: w.dtype, bk: plan.bk, bias: !!a.bias });
-        const [gx, gy] = grid2d(Math.ceil(c.rows / TILE), gridLimit);
+        const [gx, gy] = grid2d(warm ? 1 : Math.ceil(c.rows / TILE), gridLimit);
         gpu.dispatch(encoder, gpu.pipeline(code), bindings, [gx, gy, Math.ceil(win.tokens / TILE)]);
       }
     }
@@ -261,7 +264,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let n0 = ((wg.x + wg.y * nwg.x) * ${GROUPS}u + grp) * ${R}u; // first row of this row group
   let steps = p.K / 8u; // k-steps of 8 weights per row
   let kv = p.K / 4u;    // vec4s per X row
-  let last = p.rows - 1u; // rows past the end re-read the last row and are not stored
+  let last = max(p.rows, 1u) - 1u; // rows past the end re-read the last row and are not stored
   ${
     rows.map((r) => `let b${r} = p.wBase + min(n0 + ${r}u, last) * steps${f32 ? " * 2u" : ""};`)
       .join("\n  ")

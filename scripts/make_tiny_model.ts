@@ -69,6 +69,8 @@ export interface TinyModelOptions {
   shards?: number;
   /** Seed of the weights (default 1). */
   seed?: number;
+  /** Which shapes (default "llama"; see {@linkcode tinyShape}). */
+  variant?: TinyVariant;
   /** Regenerate even when the folder is up to date. */
   force?: boolean;
 }
@@ -89,16 +91,59 @@ export interface TinyModelResult {
 // ---------------------------------------------------------------------------------------
 // Shapes
 
-/** Model width. */
-const D = 256;
-/** Query heads. */
-const H = 32;
-/** Key/value heads. */
-const KV = 8;
-/** Head dim (explicit in config.json; H·HD = 512 ≠ D). */
-const HD = 16;
-/** MLP width. */
-const I = 512;
+/** The shapes and switches of a variant of the tiny model. */
+export interface TinyShape {
+  architecture: "LlamaForCausalLM" | "Qwen2ForCausalLM";
+  /** Model width. */
+  D: number;
+  /** Query heads. */
+  H: number;
+  /** Key/value heads. */
+  KV: number;
+  /** Head dim (explicit in config.json). */
+  HD: number;
+  /** MLP width. */
+  I: number;
+  /** q/k/v projections have biases (Qwen2). */
+  bias: boolean;
+  /** lm_head shares embed_tokens (no lm_head.weight in the files). */
+  tied: boolean;
+  /** Write tokenizer.json and tokenizer_config.json. */
+  tokenizer: boolean;
+}
+
+/**
+ * The variants:
+ * - "llama": Llama-3.1-shaped, D=256, H=32, KV=8 (the real 8 × 4 grid), HD=16 (H·HD = 512 ≠
+ *   D), I=512, llama3 RoPE scaling; the default.
+ * - "gqa2": H=8, KV=4 (two query heads per KV head), D=128, HD=16, I=256, plain RoPE, and no
+ *   tokenizer (run it with token ids).
+ * - "qwen2": Qwen2-shaped, H=14, KV=2 (groups of 7), HD=16, D=224, I=320, q/k/v biases, tied
+ *   embeddings (no lm_head.weight), rope_theta 1e6, eps 1e-6.
+ */
+export function tinyShape(variant: TinyVariant = "llama"): TinyShape {
+  const llama = { architecture: "LlamaForCausalLM", bias: false, tied: false, tokenizer: true };
+  if (variant === "gqa2") {
+    return { ...llama, D: 128, H: 8, KV: 4, HD: 16, I: 256, tokenizer: false } as TinyShape;
+  }
+  if (variant === "qwen2") {
+    return {
+      architecture: "Qwen2ForCausalLM",
+      D: 224,
+      H: 14,
+      KV: 2,
+      HD: 16,
+      I: 320,
+      bias: true,
+      tied: true,
+      tokenizer: true,
+    };
+  }
+  return { ...llama, D: 256, H: 32, KV: 8, HD: 16, I: 512 } as TinyShape;
+}
+
+/** The model variants {@linkcode makeTinyModel} writes (see {@linkcode tinyShape}). */
+export type TinyVariant = "llama" | "gqa2" | "qwen2";
 
 /** The special tokens, in Llama 3.1's order, padded with reserved ones to 16. */
 const SPECIALS = [
@@ -376,7 +421,8 @@ interface Tensor {
 }
 
 /** Every tensor of the model, in PyTorch's state_dict order. */
-function tinyTensors(layers: number, seed: number): Tensor[] {
+function tinyTensors(layers: number, seed: number, shape: TinyShape): Tensor[] {
+  const { D, H, KV, HD, I } = shape;
   const t: Tensor[] = [];
   const std = 0.02;
   const resid = std / Math.sqrt(2 * layers);
@@ -425,6 +471,14 @@ function tinyTensors(layers: number, seed: number): Tensor[] {
         for (let d = 0; d < D; d++) k.values[row + d] += (along * m[d]) / mNorm;
       }
     }
+    if (shape.bias) { // Qwen2: q/k/v biases, N(0, 0.1²) so that they change the answer
+      t.push(
+        mat(`${p}.self_attn.q_proj.bias`, H * HD, 1, 0.1),
+        mat(`${p}.self_attn.k_proj.bias`, KV * HD, 1, 0.1),
+        mat(`${p}.self_attn.v_proj.bias`, KV * HD, 1, 0.1),
+      );
+      for (const b of t.slice(-3)) b.shape = [b.shape[0]];
+    }
     t.push(
       q,
       k,
@@ -437,14 +491,19 @@ function tinyTensors(layers: number, seed: number): Tensor[] {
       norm(`${p}.post_attention_layernorm.weight`),
     );
   }
-  t.push(norm("model.norm.weight"), mat("lm_head.weight", VOCAB, D, std)); // (VOCAB, D)
+  t.push(norm("model.norm.weight"));
+  if (!shape.tied) t.push(mat("lm_head.weight", VOCAB, D, std)); // (VOCAB, D)
   return t;
 }
 
 /** The config.json of the tiny model (Llama-3.1-8B's fields and conventions). */
-export function tinyConfig(opts: { layers?: number; dtype?: WeightDtype } = {}) {
+export function tinyConfig(
+  opts: { layers?: number; dtype?: WeightDtype; variant?: TinyVariant } = {},
+): Record<string, unknown> {
   const torchDtype = { BF16: "bfloat16", F16: "float16", F32: "float32" }[opts.dtype ?? "BF16"];
-  return {
+  const shape = tinyShape(opts.variant);
+  const { D, H, KV, HD, I } = shape;
+  const llama = {
     architectures: ["LlamaForCausalLM"],
     attention_bias: false,
     attention_dropout: 0.0,
@@ -477,6 +536,37 @@ export function tinyConfig(opts: { layers?: number; dtype?: WeightDtype } = {}) 
     use_cache: true,
     vocab_size: VOCAB,
   };
+  if (opts.variant === "gqa2") {
+    const { rope_scaling: _, ...plain } = llama;
+    return { ...plain, rope_theta: 10000.0 };
+  }
+  if (opts.variant !== "qwen2") return llama;
+  return {
+    architectures: ["Qwen2ForCausalLM"],
+    attention_dropout: 0.0,
+    bos_token_id: BOS_ID,
+    eos_token_id: EOS_ID,
+    head_dim: HD,
+    hidden_act: "silu",
+    hidden_size: D,
+    initializer_range: 0.02,
+    intermediate_size: I,
+    max_position_embeddings: 32768,
+    max_window_layers: 28,
+    model_type: "qwen2",
+    num_attention_heads: H,
+    num_hidden_layers: opts.layers ?? 4,
+    num_key_value_heads: KV,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000.0,
+    sliding_window: 32768,
+    tie_word_embeddings: shape.tied,
+    torch_dtype: torchDtype,
+    transformers_version: "4.43.0",
+    use_cache: true,
+    use_sliding_window: false,
+    vocab_size: VOCAB,
+  };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,12 +587,13 @@ async function sha256(bytes: Uint8Array): Promise<string> {
 
 /** Every file of the model, name → bytes (the stamp excluded). */
 function tinyFiles(o: Required<Omit<TinyModelOptions, "force">>): Map<string, Uint8Array> {
+  const shape = tinyShape(o.variant);
   const enc = new TextEncoder();
   const json = (v: unknown) => enc.encode(JSON.stringify(v, null, 2) + "\n");
   const files = new Map<string, Uint8Array>();
   files.set("config.json", json(tinyConfig(o)));
 
-  const tensors = tinyTensors(o.layers, o.seed).map((t) => ({
+  const tensors = tinyTensors(o.layers, o.seed, shape).map((t) => ({
     name: t.name,
     dtype: o.dtype,
     shape: t.shape,
@@ -539,6 +630,7 @@ function tinyFiles(o: Required<Omit<TinyModelOptions, "force">>): Map<string, Ui
       json({ metadata: { total_size: total }, weight_map: sorted }),
     );
   }
+  if (!shape.tokenizer) return files;
   files.set("tokenizer.json", enc.encode(tinyTokenizerJson()));
   files.set(
     "tokenizer_config.json",
@@ -560,7 +652,11 @@ function normalise(opts: TinyModelOptions): Required<Omit<TinyModelOptions, "for
     layers: opts.layers ?? 4,
     shards: opts.shards ?? 2,
     seed: opts.seed ?? 1,
+    variant: opts.variant ?? "llama",
   };
+  if (!["llama", "gqa2", "qwen2"].includes(o.variant)) {
+    throw new Error(`make_tiny_model: variant must be llama, gqa2 or qwen2, got ${o.variant}`);
+  }
   if (!["BF16", "F16", "F32"].includes(o.dtype)) {
     throw new Error(`make_tiny_model: dtype must be BF16, F16 or F32, got ${o.dtype}`);
   }
@@ -617,8 +713,11 @@ async function writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
  */
 export function tinyModelDir(opts: TinyModelOptions = {}): string {
   const o = normalise(opts);
-  if (o.dtype === "BF16" && o.layers === 4 && o.shards === 2 && o.seed === 1) return TINY_MODEL_DIR;
-  return `${TINY_MODEL_DIR}-${o.dtype.toLowerCase()}-l${o.layers}-s${o.shards}-seed${o.seed}`;
+  const v = o.variant === "llama" ? "" : `-${o.variant}`;
+  if (o.dtype === "BF16" && o.layers === 4 && o.shards === 2 && o.seed === 1 && !v) {
+    return TINY_MODEL_DIR;
+  }
+  return `${TINY_MODEL_DIR}${v}-${o.dtype.toLowerCase()}-l${o.layers}-s${o.shards}-seed${o.seed}`;
 }
 
 /**
@@ -637,7 +736,9 @@ export async function makeTinyModel(
 ): Promise<TinyModelResult> {
   const o = normalise(opts);
   dir ??= tinyModelDir(opts);
-  const options = { ...o };
+  // The default variant is left out of the stamp, so stamps written before variants existed hold.
+  const { variant, ...rest } = o;
+  const options = variant === "llama" ? rest : { ...o };
   const old = await readStamp(dir);
   const same = old?.generator === GENERATOR_VERSION &&
     JSON.stringify(old.options) === JSON.stringify(options);
@@ -680,7 +781,7 @@ export async function makeTinyModel(
 
 if (import.meta.main) {
   const usage = "usage: deno run -A scripts/make_tiny_model.ts [DIR] [--dtype BF16|F16|F32] " +
-    "[--layers N] [--shards N] [--seed N] [--force]";
+    "[--layers N] [--shards N] [--seed N] [--variant llama|gqa2|qwen2] [--force]";
   let dir: string | undefined;
   const opts: TinyModelOptions = {};
   const args = [...Deno.args];
@@ -700,11 +801,13 @@ if (import.meta.main) {
       else if (a === "--layers") opts.layers = Number(value());
       else if (a === "--shards") opts.shards = Number(value());
       else if (a === "--seed") opts.seed = Number(value());
+      else if (a === "--variant") opts.variant = value() as TinyVariant;
       else if (a.startsWith("-")) throw new Error(`unknown option ${a}`);
       else dir = a;
     }
     const r = await makeTinyModel(dir, opts);
     const c = r.config;
+    const { D, H, KV, HD, I } = tinyShape(opts.variant);
     console.log(
       `${r.generated ? "wrote" : "up to date:"} ${r.dir}: ${c.num_hidden_layers} layers, ` +
         `D=${D} H=${H} KV=${KV} HD=${HD} I=${I} vocab=${VOCAB}, ${c.torch_dtype}, ` +

@@ -6,66 +6,16 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { join } from "node:path";
 import { captureLayer } from "../model/capture.ts";
-import { parseConfigText } from "../model/config.ts";
 import { GqaError } from "../errors.ts";
 import { openSource } from "../model/source/mod.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
-import { decodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";
 import { assertClose, gpuTest, relL2 } from "./_helpers.ts";
 import { MOCK_REPO, MOCK_TOKEN, startMockHub } from "./mock_hub.ts";
-import { type RefConfig, referenceCapture, type RefLayer } from "./reference_llama.ts";
+import { referenceCapture } from "./reference_llama.ts";
+import { loadReference } from "./_reference_model.ts";
 
 const TOKENS = [752, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 33]; // BOS "Hello world!"
-
-/** The tiny model's weights as f32, read without any of the GPU path's code. */
-async function loadReference(dir: string) {
-  const src = await openSource({ model: dir });
-  const cfg = parseConfigText(await src.readText("config.json"), { where: dir });
-  const tensors = await loadTensorIndex(src);
-  const get = async (name: string) => {
-    const t = tensors.get(name)!;
-    return decodeWeights(await src.read(t.file, t.begin, t.end), t.dtype as WeightDtype);
-  };
-  const layers: RefLayer[] = [];
-  for (let l = 0; l < cfg.layers; l++) {
-    const p = `model.layers.${l}.`;
-    layers.push({
-      inputNorm: await get(p + "input_layernorm.weight"),
-      q: await get(p + "self_attn.q_proj.weight"),
-      k: await get(p + "self_attn.k_proj.weight"),
-      v: await get(p + "self_attn.v_proj.weight"),
-      o: await get(p + "self_attn.o_proj.weight"),
-      postNorm: await get(p + "post_attention_layernorm.weight"),
-      gate: await get(p + "mlp.gate_proj.weight"),
-      up: await get(p + "mlp.up_proj.weight"),
-      down: await get(p + "mlp.down_proj.weight"),
-    });
-  }
-  const emb = await get("model.embed_tokens.weight");
-  const s = cfg.rope.scaling;
-  const ref: RefConfig = {
-    D: cfg.D,
-    H: cfg.H,
-    KV: cfg.KV,
-    HD: cfg.HD,
-    I: cfg.I,
-    eps: cfg.eps,
-    theta: cfg.rope.theta,
-    llama3: s && {
-      factor: s.factor,
-      low: s.lowFreqFactor,
-      high: s.highFreqFactor,
-      original: s.originalMaxPositionEmbeddings,
-    },
-  };
-  const embeds = (ids: number[]) => {
-    const x = new Float32Array(ids.length * cfg.D);
-    ids.forEach((id, t) => x.set(emb.subarray(id * cfg.D, (id + 1) * cfg.D), t * cfg.D));
-    return x;
-  };
-  return { cfg, ref, layers, embeds };
-}
 
 gpuTest(
   "captureLayer() matches the float64 reference at every layer of the tiny model",
@@ -156,6 +106,54 @@ gpuTest(
     assertEquals(Array.from(a.k.subarray(0, row)), Array.from(b.k.subarray(0, row)));
     assertEquals(Array.from(a.kRope.subarray(0, row)), Array.from(b.kRope.subarray(0, row)));
     assert(a.k[row] !== b.k[row], "token 1 differs, so its K should differ");
+  },
+);
+
+gpuTest(
+  "captureLayer({ firstTokenOnly }) runs T = 1 and gives token 0's Q, K, V of the whole prompt",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const all = await captureLayer({
+      model: dir,
+      layer: 3,
+      tokenIds: TOKENS,
+      gpu,
+      progress: false,
+    });
+    const one = await captureLayer({
+      model: dir,
+      layer: 3,
+      tokenIds: TOKENS,
+      gpu,
+      progress: false,
+      firstTokenOnly: true,
+    });
+    assertEquals([one.T, one.tokenIds], [1, [TOKENS[0]]]);
+    for (const key of ["q", "k", "kRope", "qRope", "v"] as const) {
+      const row = one[key].length;
+      assertEquals(row, all[key].length / TOKENS.length);
+      const err = relL2(one[key], all[key].subarray(0, row));
+      assert(
+        err <= 1e-6,
+        `${key}: relative L2 ${err} between T = 1 and token 0 of T = ${TOKENS.length}`,
+      );
+    }
+    assert(one.report.plan.bytes < all.report.plan.bytes, "one embedding row instead of several");
+  },
+);
+
+gpuTest(
+  "captureLayer() streams weights through a ring of tiny pieces and gets the same K",
+  async (gpu) => {
+    const { dir } = await makeTinyModel();
+    const base = { model: dir, layer: 3, tokenIds: TOKENS, gpu, progress: false };
+    const a = await captureLayer(base);
+    // 1000-byte pieces, 3 in the ring: many pieces per tensor, most waiting for a free
+    // slot, tensors not a whole number of pieces.
+    const b = await captureLayer({ ...base, stream: { pieceBytes: 1000, ringBytes: 3000 } });
+    assertEquals(Array.from(b.k), Array.from(a.k));
+    assertEquals(Array.from(b.v), Array.from(a.v));
+    assertEquals(Array.from(b.qRope), Array.from(a.qRope));
   },
 );
 

@@ -77,14 +77,45 @@ for (
     [["--layer", "1", "--rope", "mid"], /--rope must be "pre" or "post"/],
     [["--layer", "1", "--show", "v"], /--show must be "k" or "qk"/],
     [["--layer", "1", "--token-ids", "1,a"], /"a" is not a token id/],
-    [["--layer", "1", "--bogus"], /Unknown option '--bogus'/],
+    [["--layer", "1", "--bogus"], /Unknown option '--bogus'\. Run with --help/],
+    [["--layr", "1"], /Unknown option '--layr'\. Did you mean --layer\?/],
+    [["--layer", "1", "--save", "x"], /Did you mean --save-tensors\?/],
+    [["--layer", "1", "--dims", "9-3"], /--dims 9-3: the range must run upwards/],
+    [["--layer", "1", "--dims", "4-x"], /--dims must be a whole number ≥ 1, got "4-x"/],
     [["--layer", "1", "--prompt", "x", "--token-ids", "1"], /either --prompt or --token-ids/],
+    [["--layer", "-1"], /--layer must be a whole number ≥ 0, got -1\./],
+    [["--layer=-1"], /--layer must be a whole number ≥ 0, got -1\./],
+    [["--layer", "1", "--token", "-2"], /--token must be a whole number ≥ 0, got -2\./],
+    [["--layer", "1", "--dims", "-3"], /--dims must be a whole number ≥ 1, got -3\./],
+    [["--layer", "1", "--layer"], /argument missing/],
   ] as [string[], RegExp][]
 ) {
   Deno.test(`viz ${args.join(" ") || "(no args)"} is refused with a clear message, exit 2`, async () => {
     assertCleanError(await cli(args), 2, pattern);
   });
 }
+
+gpuTest(
+  "viz --dims A-B draws dims A..B and refuses a start past the head",
+  async () => {
+    const { dir } = await makeTinyModel(); // HD = 16
+    const tmp = await Deno.makeTempDir();
+    const svgPath = join(tmp, "window.svg");
+    const base = ["--model", dir, "--layer", "1", "--token-ids", "1,2,3", "--quiet"];
+    const r = await cli([...base, "--dims", "10-13", "--out", svgPath]);
+    assertEquals(r.code, 0, r.err);
+    const svg = await Deno.readTextFile(svgPath);
+    assertEquals((svg.match(/<rect [^>]*class="k"/g) ?? []).length, 32 * 4);
+    assert(svg.includes("dims 10–13 of 16"), "the subtitle names the window");
+    const past = await cli([...base, "--dims", "16-20", "--out", join(tmp, "past.svg")]);
+    assertCleanError(
+      past,
+      2,
+      /--dims 16-20 starts past the head: HD = 16, so the dims are 0 to 15/,
+    );
+    await Deno.remove(tmp, { recursive: true });
+  },
+);
 
 Deno.test("viz without a WebGPU adapter explains how to get one", async () => {
   const r = await cli(["--layer", "0", "--model", "/nonexistent"], {
@@ -101,7 +132,7 @@ Deno.test("defaultOutName() follows the notebook's {model}_layer_{L}_gqa_keys pa
   assertEquals(defaultOutName("./models/tiny-llama/", 2), "tiny-llama_layer_2_gqa_keys.svg");
 });
 
-gpuTest("viz on the tiny model writes an 8 × 4 grid SVG and the four tensors", async () => {
+gpuTest("viz on the tiny model writes an 8 × 4 grid SVG and the five tensors", async () => {
   const { dir } = await makeTinyModel();
   const tmp = await Deno.makeTempDir();
   const svgPath = join(tmp, "grid.svg"), stPath = join(tmp, "t.safetensors");
@@ -134,6 +165,7 @@ gpuTest("viz on the tiny model writes an 8 × 4 grid SVG and the four tensors", 
   const h = parseHeader(bytes.subarray(8, 8 + n), { file: stPath, fileSize: bytes.byteLength });
   const T = JSON.parse(h.metadata.token_ids).length;
   assertEquals(h.metadata.layer, "2");
+  assertEquals(h.metadata.layers, "[2]");
   assertEquals(h.metadata.model, dir);
   const shapes = Object.fromEntries([...h.tensors].map(([k, t]) => [k, [t.dtype, ...t.shape]]));
   assertEquals(shapes, {
@@ -141,6 +173,7 @@ gpuTest("viz on the tiny model writes an 8 × 4 grid SVG and the four tensors", 
     "model.layers.2.self_attn.q_proj": ["F32", T, 512],
     "model.layers.2.self_attn.v_proj": ["F32", T, 128],
     "model.layers.2.self_attn.k_rope": ["F32", T, 128],
+    "model.layers.2.self_attn.attn_weights": ["F32", 32, T, T],
   });
   await Deno.remove(tmp, { recursive: true });
 });
@@ -174,25 +207,6 @@ gpuTest("viz: --token past the prompt gives the valid positions", async () => {
   await Deno.remove(tmp, { recursive: true });
 });
 
-gpuTest("viz: --out naming a directory is refused and nothing is written", async () => {
-  const { dir } = await makeTinyModel();
-  const tmp = await Deno.makeTempDir();
-  const r = await cli([
-    "--model",
-    dir,
-    "--layer",
-    "0",
-    "--token-ids",
-    "1,2",
-    "--out",
-    tmp,
-    "--quiet",
-  ]);
-  assertCleanError(r, 1, /is a directory/);
-  assertEquals([...Deno.readDirSync(tmp)].length, 0);
-  await Deno.remove(tmp, { recursive: true });
-});
-
 gpuTest(
   "viz: a gated model without HF_TOKEN explains the token and the licence; the token never leaks",
   async () => {
@@ -219,6 +233,7 @@ gpuTest(
     ];
     const r = await withEnv({ ...env, HF_TOKEN: "" }, () => cli(args));
     assertCleanError(r, 1, /HF_TOKEN/);
+    assert(/hf auth login/.test(r.err), r.err);
     assert(/licen[cs]e/i.test(r.err), r.err);
     const wrong = "hf_notTheRightToken0123456789abcd";
     const r2 = await withEnv({ ...env, HF_TOKEN: wrong }, () => cli(args));

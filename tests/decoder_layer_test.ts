@@ -181,6 +181,29 @@ async function checkLayer(
 }
 
 gpuTest(
+  "decoderLayer() in two halves (stop: attention, then start: mlp) gives the full layer's x",
+  async (gpu, rng) => {
+    const T = 5;
+    const dims: LayerDims = { ...CFG, T };
+    const w = uploadLayer(gpu, randomLayer(rng, "BF16", true), "BF16");
+    const s = allocScratch(gpu, dims);
+    const { cos, sin } = ropeTables({ T, HD: CFG.HD, cfg: ROPE, posOffset: 0 });
+    gpu.write(s.cos, cos);
+    gpu.write(s.sin, sin);
+    const x0 = rng.normals(T * CFG.D);
+    const full = gpu.upload(x0);
+    await gpu.run((e) => decoderLayer(gpu, e, { dims, w, x: full, s }));
+    const halves = gpu.upload(x0);
+    await gpu.run((e) => decoderLayer(gpu, e, { dims, w, x: halves, s, stop: "attention" }));
+    const mid = await gpu.read(halves); // after the attention residual only
+    await gpu.run((e) => decoderLayer(gpu, e, { dims, w, x: halves, s, start: "mlp" }));
+    const [a, b] = [await gpu.read(full), await gpu.read(halves)];
+    assertEquals(Array.from(b), Array.from(a)); // the same kernels in the same order
+    assertEquals(mid.some((v, i) => v !== a[i]), true, "the MLP half changes x");
+  },
+);
+
+gpuTest(
   "decoderLayer() with a finite check names the step where NaN first appears",
   async (gpu, rng) => {
     const T = 3;

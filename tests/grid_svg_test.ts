@@ -540,6 +540,110 @@ seeded("renderGqaGrid() clamps dims to HD and says so", (seed) => {
   assert.match(sub10, /first 10 of 16 dims/);
 });
 
+/** The dim-tick labels of the axis under the grid, as numbers, with their x. */
+function dimTicks(root: El): { d: number; x: number }[] {
+  return byClass(root, "text", "dim-tick").map((e) => ({ d: Number(e.text), x: num(e, "x") }));
+}
+
+seeded(
+  "renderGqaGrid() with dimStart draws a window in the middle of the head: values, dims, labels",
+  (seed) => {
+    const c = makeCapture({ T: 5, H: 32, KV: 8, HD: 128, seed });
+    const c0 = { ...c, qRope: normals(seed + 4, c.T * c.H * c.HD) };
+    for (
+      const [rope, show, token] of [["pre", "k", 2], ["post", "qk", 0], [
+        "pre",
+        "qk",
+        "all",
+      ]] as const
+    ) {
+      const opts: GridOptions = { token, dims: 20, dimStart: 64, rope, show };
+      const root = parseXml(renderGqaGrid(c0, opts));
+      const nT = token === "all" ? 5 : 1;
+      const kArr = rope === "pre" ? c0.k : c0.kRope;
+      const qArr = rope === "pre" ? c0.q : c0.qRope;
+      const k = dataRects(root, "k"), q = dataRects(root, "q");
+      assert.equal(k.length, 32 * 20 * nT);
+      assert.equal(q.length, show === "qk" ? 32 * 20 * nT : 0);
+      for (const r of [...k, ...q]) {
+        assert.ok(r.d >= 64 && r.d <= 83, `dim ${r.d} outside the window 64–83`);
+        const t = r.t ?? (token as number);
+        const want = r.kind === "k"
+          ? kOf(c0, kArr, t, r.g, r.d)
+          : qArr[t * c0.H * c0.HD + r.h * c0.HD + r.d];
+        assert.equal(r.v, shown(want), `${r.kind} t${t} g${r.g} h${r.h} d${r.d}`);
+      }
+      // dims left to right within a cell: the first dim of the window sits at the cell's left
+      const cell0 = k.filter((r) => r.h === 0 && (r.t ?? token) === (token === "all" ? 0 : token));
+      const byD = cell0.toSorted((a, b) => a.d - b.d);
+      assert.deepEqual(byD.map((r) => r.d), [...Array(20).keys()].map((i) => 64 + i));
+      for (let i = 1; i < byD.length; i++) assert.ok(byD[i].x > byD[i - 1].x, "dims out of order");
+      // the axis names the real dims, starting at 64, each tick under its square
+      const ticks = dimTicks(root);
+      assert.ok(ticks.length >= 4, `ticks: ${JSON.stringify(ticks)}`);
+      assert.ok(ticks.every((tk) => tk.d >= 64 && tk.d <= 83), JSON.stringify(ticks));
+      assert.ok(ticks.some((tk) => tk.d === 64), "the first dim of the window is labelled");
+      const cs = byD[1].x - byD[0].x;
+      for (const tk of ticks.filter((tk) => tk.x < byD.at(-1)!.x + cs)) {
+        const sq = byD.find((r) => r.d === tk.d)!;
+        assert.ok(Math.abs(sq.x + cs / 2 - tk.x) < 0.01, `tick ${tk.d} is not under its square`);
+      }
+      const sub = byClass(root, "text", "subtitle")[0].text;
+      assert.match(sub, /dims 64–83 of 128/);
+      assert.doesNotMatch(sub, /first 20/);
+    }
+  },
+);
+
+seeded("renderGqaGrid() with dimStart scales colour over the window's values only", (seed) => {
+  const c = makeCapture({ ...LLAMA, seed });
+  c.k[1 * 16 + 9] = -55; // token 0, KV head 1, dim 9: inside the window 8–15 only
+  const opts: GridOptions = { ...BASE, token: 0, dims: 8, dimStart: 8 };
+  const root = parseXml(renderGqaGrid(c, opts));
+  const drawn: number[] = [];
+  for (let g = 0; g < 8; g++) for (let d = 8; d < 16; d++) drawn.push(kOf(c, c.k, 0, g, d));
+  const clip = refPercentile(drawn, 99);
+  const caption = byClass(root, "text", "colorbar-caption").map((e) => e.text).join(" ");
+  const m = /percentile of \|K\| = ([\d.]+)/.exec(caption);
+  assert.ok(m, caption);
+  assert.equal(Number(m[1]), Number(clip.toPrecision(3)));
+  for (const r of dataRects(root, "k")) {
+    assert.equal(r.fill, valueToHex(kOf(c, c.k, 0, r.g, r.d), clip), `fill g${r.g} d${r.d}`);
+  }
+  // the K outlier at dim 2 (40) is outside the window and is not drawn
+  assert.ok(!dataRects(root, "k").some((r) => r.v === 40));
+});
+
+seeded("renderGqaGrid() cuts a window that runs past HD at the last dim and says so", (seed) => {
+  const c = makeCapture({ T: 5, H: 32, KV: 8, HD: 128, seed });
+  const root = parseXml(renderGqaGrid(c, { ...BASE, dims: 20, dimStart: 120 }));
+  const k = dataRects(root, "k");
+  assert.equal(k.length, 32 * 8);
+  assert.deepEqual([...new Set(k.map((r) => r.d))].sort((a, b) => a - b), [
+    120,
+    121,
+    122,
+    123,
+    124,
+    125,
+    126,
+    127,
+  ]);
+  for (const r of k) assert.equal(r.v, shown(kOf(c, c.k, 2, r.g, r.d)));
+  assert.ok(dimTicks(root).every((tk) => tk.d >= 120 && tk.d <= 127));
+  assert.equal(dimTicks(root)[0].d, 120);
+  assert.match(byClass(root, "text", "subtitle")[0].text, /dims 120–127 of 128/);
+  // the last dim alone
+  const last = parseXml(renderGqaGrid(c, { ...BASE, dims: 5, dimStart: 127 }));
+  assert.deepEqual(dataRects(last, "k").map((r) => r.d), Array(32).fill(127));
+  assert.deepEqual(dimTicks(last).map((tk) => tk.d), [127, 127, 127, 127]); // one per column
+  assert.match(byClass(last, "text", "subtitle")[0].text, /dim 127 of 128/);
+  // the whole head from 0 is "all dims"; dimStart 0 is the default, byte for byte
+  assert.equal(renderGqaGrid(c, { ...BASE, dimStart: 0 }), renderGqaGrid(c, BASE));
+  const all = parseXml(renderGqaGrid(c, { ...BASE, dims: 128, dimStart: 0 }));
+  assert.match(byClass(all, "text", "subtitle")[0].text, /all 128 dims/);
+});
+
 seeded("renderGqaGrid() escapes XML in token text and model name, showing whitespace", (seed) => {
   const texts = ['<&">', " the", "\n", "a\u0000b", "'x'"];
   const c = makeCapture({ ...LLAMA, seed, texts });
@@ -582,6 +686,11 @@ Deno.test("renderGqaGrid() rejects bad options with GqaError('bad-input') naming
     [{ dims: 0 }, /dims .*whole number ≥ 1, got 0/],
     [{ dims: 2.5 }, /dims .*got 2\.5/],
     [{ dims: Number.NaN }, /dims/],
+    [{ dimStart: -1 }, /dimStart must be a whole number in 0\.\.15 \(HD = 16 here\), got -1\./],
+    [{ dimStart: 16 }, /dimStart .*0\.\.15.*got 16\./],
+    [{ dimStart: 2.5 }, /dimStart .*got 2\.5\./],
+    [{ dimStart: Number.NaN }, /dimStart .*got NaN\./],
+    [{ dimStart: "4" }, /dimStart .*got "4"\./],
     [{ token: -1 }, /token .*-1 is out of range.*T = 5 tokens.*0\.\.4/],
     [{ token: 5 }, /token .*5 is out of range.*0\.\.4/],
     [{ token: 1.5 }, /token .*0\.\.4/],
@@ -681,11 +790,21 @@ Deno.test("layoutGrid() runs identically from its functions' source text (for an
   for (const [c, o] of layoutCases()) {
     assert.deepEqual(embedded(c, o), layoutGrid(c, o), JSON.stringify(o));
   }
+  // dims windows (not in layoutCases: those pin the bytes of the default, dimStart 0)
+  for (const [c, o] of layoutCases().slice(0, 12)) {
+    for (const dimStart of [3, c.HD - 2]) {
+      const windowed = { ...o, dimStart };
+      assert.deepEqual(embedded(c, windowed), layoutGrid(c, windowed), JSON.stringify(windowed));
+    }
+  }
   const c = makeCapture({ ...LLAMA, seed: 3 });
   const bad: GridOptions = { ...BASE, token: 9 };
   assert.equal(embedded(c, bad), gridProblem(c, bad));
   assert.match(gridProblem(c, bad)!, /token \(--token\) 9 is out of range/);
   assert.equal(gridProblem(c, BASE), null);
+  const badStart: GridOptions = { ...BASE, dimStart: 16 };
+  assert.equal(embedded(c, badStart), gridProblem(c, badStart));
+  assert.match(gridProblem(c, badStart)!, /dimStart must be a whole number in 0\.\.15/);
 });
 
 // ---------------------------------------------------------------------------------------

@@ -159,28 +159,6 @@ Deno.test("HubSource: HF_HUB_OFFLINE serves a warm cache with no request, and fa
   }
 });
 
-Deno.test("HubSource: a gated repo without a token gives an auth error explaining HF_TOKEN and the licence", async () => {
-  await using s = await setup({ gated: true });
-  const e = await gqaError(s.open());
-  assertEquals(e.code, "auth");
-  for (
-    const want of ["HF_TOKEN", "export HF_TOKEN=hf_", "huggingface.co/settings/tokens", "licence"]
-  ) {
-    assert(e.message.includes(want), `message lacks ${want}: ${e.message}`);
-  }
-  assertEquals(s.hub.stats.log[0].status, 401);
-});
-
-Deno.test("HubSource: a wrong token gives a 403 auth error that never contains the token", async () => {
-  await using s = await setup({ gated: true });
-  const wrong = "hf_WrongTokenXYZ0123456789abcdef";
-  const e = await gqaError(s.open({ token: wrong }));
-  assertEquals(e.code, "auth");
-  assertEquals(s.hub.stats.log[0].status, 403);
-  assert(e.message.includes("licence") && e.message.includes("HF_TOKEN"), e.message);
-  assert(!e.message.includes(wrong) && !String(e.stack).includes(wrong));
-});
-
 Deno.test("HubSource: a token with a newline inside is refused without being echoed; one at the end is trimmed", async () => {
   await using s = await setup({ gated: true });
   const e = await gqaError(s.open({ token: "hf_Secret\nPart" }));
@@ -222,20 +200,6 @@ function indexOf(hay: Uint8Array, needle: Uint8Array): number {
   }
   return -1;
 }
-
-Deno.test("HubSource: 404 says whether the repo, the revision or the file is missing", async () => {
-  await using s = await setup();
-  const repo = await gqaError(s.open({ model: "test/nope" }));
-  assertEquals(repo.code, "not-found");
-  assert(/repo test\/nope does not exist/.test(repo.message), repo.message);
-  const rev = await gqaError(s.open({ revision: "v9" }));
-  assertEquals(rev.code, "not-found");
-  assert(/revision "v9" does not exist/.test(rev.message), rev.message);
-  const src = await s.open();
-  const file = await gqaError(src.read("model-00001-of-00002.safetensors", 0, 8));
-  assertEquals(file.code, "not-found");
-  assert(/file model-00001-of-00002\.safetensors does not exist/.test(file.message), file.message);
-});
 
 Deno.test("HubSource: 429 and 503 are retried with backoff, then the read succeeds", async () => {
   await using s = await setup({
@@ -362,12 +326,14 @@ Deno.test("HubSource: a redirect to another origin drops the token, and the down
   assertBytes(await src.read("model.safetensors", 9, 99), WEIGHTS.subarray(9, 99), "small");
   assert(s.hub.stats.cdnRequests >= 2, "the CDN served the file");
   assertEquals(s.hub.stats.cdnAuthorizationSeen, 0);
-  assert(s.hub.stats.hubAuthorizationSeen >= 3, "the Hub itself got the token");
+  assert(s.hub.stats.hubAuthorizationSeen >= 2, "the Hub itself got the token");
   // An error at the CDN is the CDN's, not a token problem, and its signed URL is not shown.
+  // (Twice: the first 403 only says the remembered URL expired, and the file is resolved again.)
   s.hub.addFault({
     fault: { kind: "status", status: 403 },
     file: "model.safetensors",
     server: "cdn",
+    times: 2,
   });
   const e = await gqaError(src.read("model.safetensors", 2_000_000, 2_000_100));
   assertEquals(e.code, "network");
@@ -394,8 +360,11 @@ Deno.test("HubSource: a stalled body is abandoned after timeoutMs and resumed", 
 
 Deno.test("openSource honours HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE", async () => {
   await using s = await setup({ gated: true });
-  const saved = ["HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE"].map((k) => [k, Deno.env.get(k)]);
+  const saved = ["HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_TOKEN_PATH"].map((
+    k,
+  ) => [k, Deno.env.get(k)]);
   try {
+    Deno.env.set("HF_TOKEN_PATH", join(s.cache, "no-token-file"));
     Deno.env.set("HF_ENDPOINT", s.hub.endpoint + "/");
     Deno.env.set("HF_TOKEN", MOCK_TOKEN);
     Deno.env.delete("HF_HUB_OFFLINE");

@@ -162,6 +162,40 @@ gpuTest(
   },
 );
 
+// [T, N, K, family]: cpu fast path, cpu general path, GPU-family GEMV and GEMM
+const WARM_CASES: [number, number, number, KernelFamily][] = [
+  [8, 70, 64, "cpu"],
+  [3, 9, 37, "cpu"],
+  [8, 70, 64, "gpu"],
+  [20, 70, 64, "gpu"],
+];
+
+gpuTest(
+  "matmul({ warmUpOnly }) leaves Y untouched in both families; the next real call is still exact",
+  async (gpu, rng) => {
+    for (const [T, N, K, family] of WARM_CASES) {
+      const wf = rng.normals(N * K, 0.1);
+      const w = uploadMatrix(gpu, { bytes: encodeWeights(wf, "BF16"), dtype: "BF16", N, K });
+      const xf = rng.normals(T * K);
+      const x = gpu.upload(xf), y = gpu.poisoned(T * N);
+      await gpu.run((e) => matmul(gpu, e, { x, w, y, T, warmUpOnly: true, family }));
+      assert(
+        (await gpu.read(y)).every(Number.isNaN),
+        `(${T}, ${N}, ${K}) ${family}: Y was written`,
+      );
+      await gpu.run((e) => matmul(gpu, e, { x, w, y, T, family }));
+      const ref = matmulRef({
+        x: xf,
+        w: decodeWeights(encodeWeights(wf, "BF16"), "BF16"),
+        T,
+        N,
+        K,
+      });
+      assertClose(await gpu.read(y), ref, 1e-5, `(${T}, ${N}, ${K})`);
+    }
+  },
+);
+
 gpuTest("matmul() handles T up to 600 (passes of tokens, GEMM tiles)", async (gpu, rng) => {
   for (const family of FAMILIES) {
     await check(gpu, rng, { T: 600, N: 40, K: 64, dtype: "BF16", bias: true, family });

@@ -7,11 +7,18 @@
  * GET|HEAD {endpoint}/{owner}/{name}/resolve/{revision}/{file}
  *   200, or 206 for `Range: bytes=a-b` (Content-Range: bytes a-b/size), 416 out of range
  *   headers as the Hub sends them: ETag, X-Repo-Commit, Accept-Ranges: bytes
- *   404 + X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound
- *   gated repos: 401 (no Authorization) / 403 (wrong token), X-Error-Code: GatedRepo
+ *   errors as JSON + X-Error-Code + X-Error-Message, as the Hub sends them:
+ *   a token the mock does not know: 401 "Invalid credentials in Authorization header" (any repo)
+ *   a repo that does not exist, or a private one without the token: 401 (no token) / 404,
+ *     RepoNotFound; then 404 RevisionNotFound | EntryNotFound
+ *   gated repos: 401 GatedRepo without a token; 403 GatedRepo with the right token when
+ *     the account's access is "none" (licence not accepted) or "pending"
  *   redirect mode: 302 to a second server on another port (the "CDN"), with X-Repo-Commit,
  *   X-Linked-Size and X-Linked-ETag, as the Hub does for large files
  * ```
+ *
+ * `bytesPerSecond` caps each answer's body, as a CDN caps each connection (for the download
+ * benchmark, scripts/bench_download.ts).
  *
  * Faults ({@linkcode MockFaultRule}) apply to the next `times` matching requests: an HTTP
  * status (401/403/404/429/500/503…), a connection reset after k body bytes, a body that
@@ -54,11 +61,24 @@ export interface MockRepo {
   revisions?: Record<string, string>;
   /** Require `Authorization: Bearer {token}`. */
   gated?: boolean;
+  /** For a gated repo, the token's account: "granted" (default), "pending" or "none". */
+  access?: "granted" | "pending" | "none";
+  /** Answer as if it did not exist unless the right token is sent. */
+  private?: boolean;
 }
 
 /** What goes wrong. */
 export type MockFault =
-  | { kind: "status"; status: number; retryAfter?: number; errorCode?: string }
+  | {
+    kind: "status";
+    status: number;
+    /** Retry-After: seconds, or an HTTP date string. */
+    retryAfter?: number | string;
+    /** The RateLimit header, e.g. '"api";r=0;t=3'. */
+    rateLimit?: string;
+    errorCode?: string;
+    errorMessage?: string;
+  }
   | { kind: "reset"; after: number } // send `after` body bytes, then drop the connection
   | { kind: "stall"; after: number; ms?: number } // send `after` bytes, then go silent for `ms` (default 30 s)
   | { kind: "long"; extra: number } // send `extra` bytes beyond the asked range (headers unchanged)
@@ -91,6 +111,11 @@ export interface MockHubOptions {
   redirect?: boolean | RegExp;
   /** Body chunk size (default 64 KiB). */
   chunkSize?: number;
+  /**
+   * Cap every answer's body at this many bytes per second (default: no cap), as a CDN caps
+   * each connection: N requests side by side get N times the rate. For benchmarks.
+   */
+  bytesPerSecond?: number;
 }
 
 /** One request, as the mock saw it (never the token itself). */
@@ -117,6 +142,8 @@ export interface MockHubStats {
   hubAuthorizationSeen: number;
   /** CDN requests that carried an Authorization header (should stay 0). */
   cdnAuthorizationSeen: number;
+  /** The most answer bodies that were being sent at once (both servers). */
+  maxBodiesInFlight: number;
   log: MockRequestLog[];
 }
 
@@ -207,6 +234,7 @@ function emptyStats(): MockHubStats {
     bytesServed: 0,
     hubAuthorizationSeen: 0,
     cdnAuthorizationSeen: 0,
+    maxBodiesInFlight: 0,
     log: [],
   };
 }
@@ -215,6 +243,13 @@ function emptyStats(): MockHubStats {
 class Counters {
   stats = emptyStats();
   readonly perFile = new Map<string, number>();
+  #inFlight = 0;
+
+  /** A body starts (+1) or ends (-1). */
+  bodyInFlight(delta: 1 | -1): void {
+    this.#inFlight += delta;
+    this.stats.maxBodiesInFlight = Math.max(this.stats.maxBodiesInFlight, this.#inFlight);
+  }
 
   /** Counts a request at `server` and starts its log entry. */
   logRequest(server: "hub" | "cdn", req: Request) {
@@ -305,23 +340,24 @@ class FaultBook {
   }
 }
 
-/** The answer of an injected status fault (Retry-After and X-Error-Code when asked). */
+/** The answer of an injected status fault (Retry-After, RateLimit, X-Error-* when asked). */
 function statusFault(f: MockFault & { kind: "status" }): Response {
-  const h = new Headers({ "content-type": "application/json" });
-  if (f.retryAfter !== undefined) h.set("retry-after", String(f.retryAfter));
-  if (f.errorCode) h.set("x-error-code", f.errorCode);
-  return new Response(JSON.stringify({ error: `injected HTTP ${f.status}` }), {
-    status: f.status,
-    headers: h,
-  });
+  const res = jsonError(f.status, f.errorMessage ?? `injected HTTP ${f.status}`, f.errorCode);
+  if (f.retryAfter !== undefined) res.headers.set("retry-after", String(f.retryAfter));
+  if (f.rateLimit !== undefined) {
+    res.headers.set("ratelimit", f.rateLimit);
+    res.headers.set("ratelimit-policy", '"fixed window";"api";q=500;w=300');
+  }
+  return res;
 }
 
-/** A Hub-style JSON error answer, with X-Error-Code when given. */
+/** A Hub-style JSON error answer: `{"error": …}`, X-Error-Message, and X-Error-Code when given. */
 function jsonError(status: number, error: string, code?: string): Response {
   return new Response(JSON.stringify({ error }), {
     status,
     headers: {
       "content-type": "application/json",
+      "x-error-message": error,
       ...(code ? { "x-error-code": code } : {}),
     },
   });
@@ -366,7 +402,11 @@ class BodyServer {
   /** Releases every stalled body (on close). */
   readonly stalls = new Set<() => void>();
 
-  constructor(readonly counters: Counters, readonly chunk: number) {}
+  constructor(
+    readonly counters: Counters,
+    readonly chunk: number,
+    readonly bytesPerSecond = Infinity,
+  ) {}
 
   /** The answer with a body for `req`, with `fault` applied; `note` says which, for the log. */
   async serve(
@@ -451,10 +491,14 @@ class BodyServer {
     let sent = 0;
     let release: (() => void) | undefined;
     const limit = a.stopAfter !== undefined ? Math.min(a.stopAfter, a.count) : a.count;
+    let ended = false;
+    this.counters.bodyInFlight(1);
     const done = () => {
       handle?.close();
       handle = undefined;
       if (release) this.stalls.delete(release);
+      if (!ended) this.counters.bodyInFlight(-1);
+      ended = true;
     };
     const stall = (ms: number) =>
       new Promise<void>((res) => {
@@ -465,6 +509,12 @@ class BodyServer {
         };
         this.stalls.add(release);
       });
+    let started: number | undefined;
+    const pace = async (n: number) => { // the bandwidth cap: a chunk leaves once "sent"
+      started ??= performance.now();
+      const due = started + ((sent + n) / this.bytesPerSecond) * 1000 - performance.now();
+      if (due > 1) await new Promise((r) => setTimeout(r, due));
+    };
     return new ReadableStream<Uint8Array>({
       pull: async (c) => {
         if (sent >= limit) {
@@ -475,6 +525,7 @@ class BodyServer {
         }
         handle ??= await src.open();
         const n = Math.min(this.chunk, limit - sent);
+        if (Number.isFinite(this.bytesPerSecond)) await pace(n);
         const bytes = await readPadded(handle, src.size, a.from + sent, n);
         sent += n;
         this.counters.countBytes(a.path, n);
@@ -560,10 +611,9 @@ class MockRoutes {
       log.fault = `status ${f.status}`;
       return statusFault(f);
     }
-    const repo = this.o.repos[repoId];
-    if (!repo) return jsonError(404, "Repository not found", "RepoNotFound");
-    const denied = this.#authorize(repo, repoId, auth);
+    const denied = this.#authorize(this.o.repos[repoId], repoId, auth);
     if (denied) return denied;
+    const repo = this.o.repos[repoId];
     const resolved = resolveRevision(repo, rev);
     if (!resolved) return jsonError(404, "Revision not found", "RevisionNotFound");
     const src = await fileSource(repo, file);
@@ -581,20 +631,36 @@ class MockRoutes {
     return res;
   }
 
-  /** A gated repo's answer to a request without the right token (undefined: let it through). */
-  #authorize(repo: MockRepo, repoId: string, auth: string | null): Response | undefined {
+  /**
+   * The Hub's answer to who is asking (undefined: let it through), in its order: a token
+   * it does not know is refused for any repo; a missing or private repo is "not found"
+   * (401 without a token, 404 with one); a gated one needs the token, and then access.
+   */
+  #authorize(repo: MockRepo | undefined, repoId: string, auth: string | null) {
+    const valid = auth === `Bearer ${this.o.token ?? MOCK_TOKEN}`;
+    if (auth && !valid) return jsonError(401, "Invalid credentials in Authorization header");
+    if (!repo || (repo.private && !valid)) {
+      return jsonError(auth ? 404 : 401, "Repository not found", "RepoNotFound");
+    }
     if (!repo.gated) return undefined;
     if (!auth) {
       return jsonError(
         401,
-        `Access to model ${repoId} is restricted. You must be authenticated.`,
+        `Access to model ${repoId} is restricted. You must have access to it and be authenticated to access it. Please log in.`,
         "GatedRepo",
       );
     }
-    if (auth !== `Bearer ${this.o.token ?? MOCK_TOKEN}`) {
+    if (repo.access === "pending") {
       return jsonError(
         403,
-        `Access to model ${repoId} is restricted and you are not in the authorized list.`,
+        `Your request to access model ${repoId} is awaiting a review from the repo authors.`,
+        "GatedRepo",
+      );
+    }
+    if (repo.access === "none") {
+      return jsonError(
+        403,
+        `Access to model ${repoId} is restricted and you are not in the authorized list. Visit https://huggingface.co/${repoId} to ask for access.`,
         "GatedRepo",
       );
     }
@@ -661,7 +727,7 @@ function resolveRevision(repo: MockRepo, rev: string): string | undefined {
 export function startMockHub(o: MockHubOptions): Promise<MockHub> {
   const counters = new Counters();
   const faults = new FaultBook(o.faults);
-  const bodies = new BodyServer(counters, o.chunkSize ?? 65536);
+  const bodies = new BodyServer(counters, o.chunkSize ?? 65536, o.bytesPerSecond);
   const routes = new MockRoutes(o, counters, faults, bodies);
   const quiet = { hostname: "127.0.0.1", port: 0, onListen() {} };
   const hub = Deno.serve(quiet, routes.hub);
@@ -717,4 +783,37 @@ export async function makeRepoDir(files: Record<string, Uint8Array | string>): P
     else await Deno.writeFile(path, data);
   }
   return dir;
+}
+
+/**
+ * A Hugging Face cache as the Python client leaves it (refs/{revision}, snapshot symlinks
+ * into blobs/, .no_exist markers), holding `files` of `repo` at `commit`. Returns the hub
+ * cache folder (a new temp folder, or `o.dir` to add another snapshot to it).
+ */
+export async function makeHfCacheDir(
+  files: Record<string, Uint8Array | string>,
+  o: { repo?: string; commit?: string; ref?: string; missing?: string[]; dir?: string } = {},
+): Promise<string> {
+  const commit = o.commit ?? MOCK_COMMIT;
+  const hf = o.dir ?? await Deno.makeTempDir({ prefix: "gqa-hf-cache-" });
+  const repo = join(hf, `models--${(o.repo ?? MOCK_REPO).split("/").join("--")}`);
+  await Deno.mkdir(join(repo, "refs"), { recursive: true });
+  await Deno.writeTextFile(join(repo, "refs", o.ref ?? "main"), commit + "\n");
+  const snap = join(repo, "snapshots", commit);
+  await Deno.mkdir(snap, { recursive: true });
+  await Deno.mkdir(join(repo, "blobs"), { recursive: true });
+  for (const [name, data] of Object.entries(files)) {
+    const blobName = createHash("sha1").update(`${commit}/${name}`).digest("hex");
+    const blob = join(repo, "blobs", blobName);
+    if (typeof data === "string") await Deno.writeTextFile(blob, data);
+    else await Deno.writeFile(blob, data);
+    await Deno.mkdir(join(snap, name, ".."), { recursive: true });
+    const depth = name.split("/").length + 1;
+    await Deno.symlink(join(...Array(depth).fill(".."), "blobs", blobName), join(snap, name));
+  }
+  for (const m of o.missing ?? []) {
+    await Deno.mkdir(join(repo, ".no_exist", commit), { recursive: true });
+    await Deno.writeFile(join(repo, ".no_exist", commit, m), new Uint8Array(0));
+  }
+  return hf;
 }

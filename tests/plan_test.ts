@@ -3,7 +3,8 @@
  * row coalescing, grouping by layer, and bad inputs.
  * @module
  */
-import { assertGqa } from "./_helpers.ts";
+import { assertGqa, freshSeed, Rng } from "./_helpers.ts";
+import { mapLimit } from "../model/forward.ts";
 import assert from "node:assert/strict";
 import { expectedShape, type ModelConfig, parseConfig } from "../model/config.ts";
 import { gatherEmbeddingRows, layerTensorNames, planCapture } from "../model/plan.ts";
@@ -244,4 +245,20 @@ Deno.test("layerTensorNames() lists HF names: capture ⊂ full", () => {
     "model.layers.7.mlp.up_proj.weight",
     "model.layers.7.mlp.down_proj.weight",
   ]);
+});
+
+Deno.test("mapLimit (the embedding-row reads) keeps the order and never runs more than the limit at once", async () => {
+  const rng = new Rng(freshSeed());
+  for (const [n, limit] of [[0, 8], [3, 8], [37, 8], [20, 1]]) {
+    let running = 0, most = 0;
+    const out = await mapLimit(Array.from({ length: n }, (_, i) => i), limit, async (x) => {
+      running++;
+      most = Math.max(most, running);
+      await new Promise((r) => setTimeout(r, Math.floor(rng.next() * 3)));
+      running--;
+      return x * 2;
+    });
+    assert.deepEqual(out, Array.from({ length: n }, (_, i) => i * 2));
+    assert.ok(most <= limit && (n < limit || most === limit), `${most} at once for limit ${limit}`);
+  }
 });

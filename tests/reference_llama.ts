@@ -44,6 +44,7 @@ export interface RefCapture {
   kRope: Float64Array; // (T, KV*HD)
   qRope: Float64Array; // (T, H*HD)
   v: Float64Array; //     (T, KV*HD)
+  attn: Float64Array; //  (H, T, T)   softmax(q·kᵀ/√HD + causal mask), after RoPE
 }
 
 function linear(
@@ -124,6 +125,7 @@ function causalAttention(
 ) {
   const { H, KV, HD } = c;
   const out = new Float64Array(T * H * HD);
+  const probs = new Float64Array(H * T * T); // (H, T, T), zero above the diagonal
   const groups = H / KV; // repeat_kv: query head h uses KV head h / groups
   for (let h = 0; h < H; h++) {
     const g = Math.floor(h / groups);
@@ -138,6 +140,7 @@ function causalAttention(
       }
       let sum = 0;
       for (let u = 0; u <= t; u++) sum += scores[u] = Math.exp(scores[u] - max);
+      for (let u = 0; u <= t; u++) probs[(h * T + t) * T + u] = scores[u] / sum;
       for (let d = 0; d < HD; d++) {
         let acc = 0;
         for (let u = 0; u <= t; u++) acc += scores[u] * v[u * KV * HD + g * HD + d];
@@ -145,7 +148,7 @@ function causalAttention(
       }
     }
   }
-  return out;
+  return { out, probs };
 }
 
 /** One whole layer from residual x (T, D): the projections at the capture point and the new x. */
@@ -163,7 +166,7 @@ export function referenceLayer(
   const qr = applyRope(q, T, H, HD, inv);
   const kr = applyRope(k, T, KV, HD, inv);
   const attn = causalAttention(qr, kr, v, T, cfg);
-  const o = linear(attn, w.o, T, H * HD, D);
+  const o = linear(attn.out, w.o, T, H * HD, D);
   for (let i = 0; i < x.length; i++) x[i] += o[i];
   const xn2 = rmsNorm(x, w.postNorm, T, D, eps);
   const g = linear(xn2, w.gate, T, D, I);
@@ -171,7 +174,7 @@ export function referenceLayer(
   for (let i = 0; i < g.length; i++) g[i] = (g[i] / (1 + Math.exp(-g[i]))) * u[i];
   const down = linear(g, w.down, T, I, D);
   for (let i = 0; i < x.length; i++) x[i] += down[i];
-  return { q, k, kRope: kr, qRope: qr, v, out: x };
+  return { q, k, kRope: kr, qRope: qr, v, attn: attn.probs, out: x };
 }
 
 /**
@@ -187,10 +190,25 @@ export function referenceCapture(
     L: number;
   },
 ): RefCapture {
+  return referenceSweep(a)[a.L];
+}
+
+/** Like {@linkcode referenceCapture}, but returns the capture of every layer 0..L. */
+export function referenceSweep(
+  a: {
+    cfg: RefConfig;
+    embeds: Float32Array;
+    T: number;
+    layers: (l: number) => RefLayer;
+    L: number;
+  },
+): RefCapture[] {
   let x: Float64Array = Float64Array.from(a.embeds);
-  for (let l = 0;; l++) {
-    const r = referenceLayer({ cfg: a.cfg, x, T: a.T, w: a.layers(l) });
-    if (l === a.L) return { q: r.q, k: r.k, kRope: r.kRope, qRope: r.qRope, v: r.v };
-    x = r.out;
+  const out: RefCapture[] = [];
+  for (let l = 0; l <= a.L; l++) {
+    const { out: next, ...capture } = referenceLayer({ cfg: a.cfg, x, T: a.T, w: a.layers(l) });
+    out.push(capture);
+    x = next;
   }
+  return out;
 }

@@ -43,22 +43,22 @@ export {
 
 /** Escapes the five XML special characters for element text and attribute values. */
 export function escapeXml(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => XML_ENTITIES[c]);
+  const entities: Record<string, string> = {
+    "&": "&amp;",
+    "<": "&lt;",
+    ">": "&gt;",
+    '"': "&quot;",
+    "'": "&apos;",
+  };
+  return s.replace(/[&<>"']/g, (c) => entities[c]);
 }
-const XML_ENTITIES: Record<string, string> = {
-  "&": "&amp;",
-  "<": "&lt;",
-  ">": "&gt;",
-  '"': "&quot;",
-  "'": "&apos;",
-};
 
 /**
  * Renders the GQA grid of `capture` as an SVG 1.1 document (a string, UTF-8 text with an XML
  * declaration). See viz/layout.ts for the layout.
  *
- * @throws {GqaError} "bad-input" when an option is out of range (dims < 1, a token position
- *   outside 0..T−1, an unknown rope/show value, a clip percentile outside (0, 100]) or the
+ * @throws {GqaError} "bad-input" when an option is out of range (dims < 1, dimStart outside
+ *   0..HD−1, a token position outside 0..T−1, an unknown rope/show value, a clip percentile outside (0, 100]) or the
  *   capture's shapes do not match its arrays.
  * @example
  * ```ts
@@ -169,3 +169,17 @@ function colourBarSvg(bar: LaidColourBar, layout: GridLayout): string[] {
   out.push(`</g>`);
   return out;
 }
+
+/**
+ * {@linkcode gridSvg} and its helpers, self-contained like GRID_LAYOUT_FUNCTIONS: a page that
+ * embeds both lists by source text draws `gridSvg(layoutGrid(capture, opts))` exactly as here.
+ */
+export const GRID_SVG_FUNCTIONS: readonly ((...args: never[]) => unknown)[] = [
+  escapeXml,
+  gridSvg,
+  svgText,
+  boxAttrs,
+  rowSvg,
+  cellSvg,
+  colourBarSvg,
+];

@@ -13,12 +13,17 @@
  * The picture. One row per KV head g (KV rows), one column per query head that reads it
  * (r columns). Cell (g, j) is labelled "Q head h" with h = g·r + j and shows K of KV head g:
  *
- *   K[t, g, d] = k[t·(KV·HD) + g·HD + d],  d < dims        capture.k or capture.kRope (T, KV·HD)
+ *   K[t, g, d] = k[t·(KV·HD) + g·HD + d],  d0 ≤ d < d0 + dims    capture.k or capture.kRope (T, KV·HD)
  *
  * so every cell of a row shows the same numbers: that is the sharing. With `show: "qk"` each
  * cell also shows that query head's own Q, which differs from column to column:
  *
- *   Q[t, h, d] = q[t·(H·HD) + h·HD + d],   d < dims        capture.q (T, H·HD)
+ *   Q[t, h, d] = q[t·(H·HD) + h·HD + d],   d0 ≤ d < d0 + dims    capture.q (T, H·HD)
+ *
+ * The dims window [d0, d0 + dims) is `dimStart` (default 0) and `dims`, cut at HD: RoPE turns
+ * the pairs of the first dims fast and those of the last dims slowly, so a window in the
+ * middle or at the end of the head shows a different picture from the leading dims. The
+ * axis under the grid and every tooltip name the real dim index d.
  *
  * With one token each cell is a 1 × dims strip (K above Q in "qk" mode); with `token: "all"`
  * it is a T × dims heatmap, tokens top to bottom (K beside Q in "qk" mode).
@@ -80,8 +85,13 @@ export interface GridCapture {
 export interface GridOptions {
   /** The token position drawn (0 ≤ token < T), or "all" for a tokens × dims heatmap per cell. */
   token: number | "all";
-  /** How many leading head dimensions each cell shows (≥ 1; clamped to HD). */
+  /** How many head dimensions each cell shows from `dimStart` on (≥ 1; cut at HD). */
   dims: number;
+  /**
+   * The first head dimension shown (0 ≤ dimStart < HD; default 0): the cells show dims
+   * dimStart … min(dimStart + dims, HD) − 1, e.g. `{ dimStart: 64, dims: 20 }` shows 64–83.
+   */
+  dimStart?: number;
   /** "pre": K as it leaves k_proj (capture.k); "post": K after RoPE (capture.kRope). */
   rope: "pre" | "post";
   /** "k": K only; "qk": each query head's own Q beside its copy of the shared K. */
@@ -395,6 +405,12 @@ function choiceProblem(c: GridCapture, opts: GridOptions): string | null {
     return `dims (--dims) must be a whole number ≥ 1, got ${JSON.stringify(dims)}. It is how ` +
       `many of the first head dimensions each cell shows (HD = ${HD} here); 20 is a good default.`;
   }
+  const d0 = opts.dimStart ?? 0;
+  if (typeof d0 !== "number" || !Number.isInteger(d0) || d0 < 0 || d0 >= HD) {
+    return `dimStart must be a whole number in 0..${HD - 1} (HD = ${HD} here), got ` +
+      `${typeof d0 === "number" ? String(d0) : JSON.stringify(d0)}. It is the first head ` +
+      `dimension each cell shows: the cells show dims dimStart..dimStart + dims − 1, cut at HD.`;
+  }
   if (rope !== "pre" && rope !== "post") {
     return `rope (--rope) must be "pre" (K as it leaves k_proj) or "post" (K after RoPE), got ` +
       `${JSON.stringify(rope)}.`;
@@ -434,7 +450,8 @@ function arrayProblem(c: GridCapture, opts: GridOptions): string | null {
 /** The resolved choices: what is drawn, from which tensors. */
 interface Choice {
   tokens: number[]; // the token positions drawn, top to bottom
-  dims: number; // clamped to HD
+  d0: number; // the first dim drawn (dimStart)
+  dims: number; // how many dims are drawn: d0 + dims ≤ HD
   all: boolean; // token "all": a T × dims heatmap per block
   qk: boolean; // Q beside K
   pct: number; // clip percentile
@@ -454,9 +471,11 @@ function resolveGrid(c: GridCapture, opts: GridOptions): Choice {
   const kData = opts.rope === "pre" ? c.k : c.kRope; // (T, KV*HD)
   const qPost = opts.rope === "post" && c.qRope?.length === T * H * HD;
   const qData = qPost ? c.qRope! : c.q; // (T, H*HD)
+  const d0 = opts.dimStart ?? 0;
   return {
     tokens,
-    dims: Math.min(opts.dims, HD),
+    d0,
+    dims: Math.min(opts.dims, HD - d0),
     all,
     qk: opts.show === "qk",
     pct: opts.clipPercentile ?? 99,
@@ -474,9 +493,10 @@ function colourScale(c: GridCapture, ch: Choice): GridLayout["scale"] {
   const drawn: number[] = [];
   let nanCount = 0;
   for (const t of ch.tokens) {
-    for (let g = 0; g < c.KV; g++) for (let d = 0; d < ch.dims; d++) drawn.push(ch.kAt(t, g, d));
+    const end = ch.d0 + ch.dims;
+    for (let g = 0; g < c.KV; g++) for (let d = ch.d0; d < end; d++) drawn.push(ch.kAt(t, g, d));
     if (ch.qk) {
-      for (let h = 0; h < c.H; h++) for (let d = 0; d < ch.dims; d++) drawn.push(ch.qAt(t, h, d));
+      for (let h = 0; h < c.H; h++) for (let d = ch.d0; d < end; d++) drawn.push(ch.qAt(t, h, d));
     }
   }
   for (const v of drawn) if (Number.isNaN(v)) nanCount++;
@@ -562,14 +582,20 @@ function gridExtent(c: GridCapture, ch: Choice, rh: number, cellW: number) {
 function headerWords(c: GridCapture, ch: Choice, f: Frame) {
   const M = gridMetrics();
   const { H, KV, HD, T } = c;
-  const { tokens, all, qk, dims } = ch;
+  const { tokens, all, qk, dims, d0 } = ch;
   const kName = ch.rope === "pre" ? "K as it leaves k_proj (pre-RoPE)" : "K after RoPE (post-RoPE)";
   const tokenPart = all ? `all ${T} tokens` : `token ${tokens[0]} "${ch.tokText(tokens[0])}"` +
     (c.tokenIds[tokens[0]] !== undefined ? ` (id ${c.tokenIds[tokens[0]]})` : "");
   const title = `GQA ${qk ? "keys and queries" : "keys"} \u2014 ${c.model} \u00b7 ` +
     `layer ${c.layer} \u00b7 ${tokenPart}`;
   const rev = /^[0-9a-f]{40}$/.test(c.revision) ? c.revision.slice(0, 7) : c.revision;
-  const dimsPart = dims === HD ? `all ${HD} dims` : `first ${dims} of ${HD} dims`;
+  const dimsPart = dims === HD
+    ? `all ${HD} dims`
+    : d0 === 0
+    ? `first ${dims} of ${HD} dims`
+    : dims === 1
+    ? `dim ${d0} of ${HD}`
+    : `dims ${d0}\u2013${d0 + dims - 1} of ${HD}`;
   const qName = ch.qPost
     ? " and Q after RoPE (post-RoPE)"
     : " and Q as it leaves q_proj (pre-RoPE)";
@@ -714,11 +740,12 @@ function blockSquares(
     const t = ch.tokens[i];
     const where = `KV head ${b.g} \u00b7 Q head ${b.h} \u00b7 ` +
       (ch.all ? `token ${t} "${ch.tokText(t)}" \u00b7 ` : "");
-    for (let d = 0; d < ch.dims; d++) {
+    for (let col = 0; col < ch.dims; col++) {
+      const d = ch.d0 + col; // the real dim index
       const value = b.kind === "k" ? ch.kAt(t, b.g, d) : ch.qAt(t, b.h, d);
       squares.push({
         kind: b.kind,
-        x: b.bx + d * f.cs,
+        x: b.bx + col * f.cs,
         y: b.by + i * f.rh,
         w: f.cs,
         h: f.rh,
@@ -731,7 +758,10 @@ function blockSquares(
   return squares;
 }
 
-/** The "dim" label and the dimension ticks under the last row, from the axis baseline. */
+/**
+ * The "dim" label and the dimension ticks under the last row, from the axis baseline: every
+ * dimStep-th dim from the first one drawn, labelled with its real index (d0, d0 + step, …).
+ */
 function dimAxis(ch: Choice, f: Frame, axisY: number): LaidText[] {
   const M = gridMetrics();
   const dimStep = [1, 2, 5, 10, 20, 50, 100, 200, 500].find((s) => s * f.cs >= 30) ?? 1000;
@@ -740,9 +770,10 @@ function dimAxis(ch: Choice, f: Frame, axisY: number): LaidText[] {
   for (let j = 0; j < ch.r; j++) {
     for (const b of f.blocks) {
       if (b.kind === "q" && !ch.all) continue; // stacked strips share one axis
-      for (let d = 0; d < ch.dims; d += dimStep) {
-        const x = cellX(f, j) + b.dx + d * f.cs + f.cs / 2;
-        texts.push(laidText(x, axisY, String(d), { cls: "dim-tick", ...small, anchor: "middle" }));
+      for (let i = 0; i < ch.dims; i += dimStep) {
+        const x = cellX(f, j) + b.dx + i * f.cs + f.cs / 2;
+        const label = String(ch.d0 + i);
+        texts.push(laidText(x, axisY, label, { cls: "dim-tick", ...small, anchor: "middle" }));
       }
     }
   }

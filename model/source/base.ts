@@ -5,10 +5,12 @@
  * (and the factory above them) can import it without a cycle:
  *
  * ```
- * open.ts (openSource: picks a source, builds the caches, reads the environment)
+ * open.ts (openSource: picks a source, builds the caches, reads the environment;
+ *   │      token.ts finds the token as huggingface_hub does)
  *   ├─ local.ts        a folder on this machine
- *   ├─ hub.ts          a Hub repo; it imports token.ts (the token as sent) and
- *   │                  hub_fetch.ts (the HTTP policy), which imports retry.ts (backoff)
+ *   ├─ hub.ts          a Hub repo; it imports token.ts (cleaning, redaction at its
+ *   │                  boundary) and hub_fetch.ts (the HTTP policy), which imports
+ *   │                  retry.ts (backoff, Retry-After / RateLimit waits)
  *   ├─ hf_cache.ts     the Python client's cache   (given to hub.ts as an HfSnapshots)
  *   ├─ range_cache.ts  this tool's range cache     (given to hub.ts as a RangeStore)
  *   └─ progress.ts     the progress bar
@@ -29,6 +31,8 @@ export interface SourceStats {
   requests: number;
   /** Bytes served from this tool's range cache (verified). */
   bytesFromCache?: number;
+  /** Of `bytesFetched`, those that came over the network (the rest were read from disk). */
+  bytesDownloaded?: number;
 }
 
 /** Random access to the files of one checkpoint. */
@@ -55,6 +59,13 @@ export interface ByteSource {
   expectBytes?(total: number): void;
   /** Optional: ends the run's progress bar (erases it). Reading again afterwards is allowed. */
   close?(): void;
+  /**
+   * Optional: how many bytes of reads to keep in flight to keep this source busy (a Hub
+   * source: its connections × its piece size). Readers that stream may read this far ahead.
+   */
+  readonly readAheadBytes?: number;
+  /** Optional: the progress bar's label from now on, e.g. "layer 3/5" (which layer is under way). */
+  status?(label: string): void;
 }
 
 /** An environment variable, or undefined when unset or not permitted. */
@@ -67,8 +78,72 @@ export function env(name: string): string | undefined {
 }
 
 /** `HF_HUB_OFFLINE`-style truthiness: 1, true, yes, on (any case). */
-export function envFlag(name: string): boolean {
-  return ["1", "true", "yes", "on"].includes((env(name) ?? "").trim().toLowerCase());
+export function envFlag(name: string, getenv: (name: string) => string | undefined = env): boolean {
+  return isTrue(getenv(name));
+}
+
+function isTrue(v: string | undefined): boolean {
+  return ["1", "true", "yes", "on"].includes((v ?? "").trim().toLowerCase());
+}
+
+/**
+ * Offline mode as `huggingface_hub` reads it: `HF_HUB_OFFLINE`, or when that is unset or
+ * empty, `TRANSFORMERS_OFFLINE` (so `HF_HUB_OFFLINE=0` wins over `TRANSFORMERS_OFFLINE=1`).
+ * @example
+ * ```ts
+ * offlineFromEnv((n) => ({ TRANSFORMERS_OFFLINE: "1" })[n]); // true
+ * ```
+ */
+export function offlineFromEnv(getenv: (name: string) => string | undefined = env): boolean {
+  return isTrue(getenv("HF_HUB_OFFLINE") || getenv("TRANSFORMERS_OFFLINE"));
+}
+
+/**
+ * A path from the environment with a leading `~` (alone or before "/") replaced by the
+ * home folder, as Python's `os.path.expanduser` does for `HF_HOME`, `HF_HUB_CACHE`, ….
+ * Unchanged when no home is known or the path has no leading `~`.
+ * @example
+ * ```ts
+ * expandHome("~/models", (n) => ({ HOME: "/home/ada" })[n]); // "/home/ada/models"
+ * ```
+ */
+export function expandHome(
+  path: string,
+  getenv: (name: string) => string | undefined = env,
+): string {
+  if (path !== "~" && !path.startsWith("~/")) return path;
+  const home = getenv("HOME") ?? getenv("USERPROFILE");
+  return home ? home.replace(/\/+$/, "") + path.slice(1) : path;
+}
+
+/**
+ * `HF_HOME` as `huggingface_hub` computes it: `$HF_HOME`, else
+ * `${XDG_CACHE_HOME:-~/.cache}/huggingface`, with `~` expanded (undefined when no home is known).
+ * @example
+ * ```ts
+ * hfHomeDir((n) => ({ HOME: "/home/ada" })[n]); // "/home/ada/.cache/huggingface"
+ * ```
+ */
+export function hfHomeDir(
+  getenv: (name: string) => string | undefined = env,
+): string | undefined {
+  const home = getenv("HF_HOME");
+  if (home) return expandHome(home, getenv);
+  const xdg = getenv("XDG_CACHE_HOME");
+  if (xdg) return expandHome(xdg, getenv).replace(/\/+$/, "") + "/huggingface";
+  const user = getenv("HOME") ?? getenv("USERPROFILE");
+  return user ? user.replace(/\/+$/, "") + "/.cache/huggingface" : undefined;
+}
+
+/** `path` with the home folder shown as `~` (for messages). */
+export function tildePath(
+  path: string,
+  getenv: (name: string) => string | undefined = env,
+): string {
+  const home = (getenv("HOME") ?? "").replace(/\/+$/, "");
+  return home && (path === home || path.startsWith(home + "/"))
+    ? "~" + path.slice(home.length)
+    : path;
 }
 
 /**

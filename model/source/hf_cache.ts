@@ -16,20 +16,20 @@
  * @module
  */
 import { join } from "node:path";
-import { COMMIT_RE, env, type HfSnapshots, repoFolderName } from "./base.ts";
+import { COMMIT_RE, env, expandHome, hfHomeDir, type HfSnapshots, repoFolderName } from "./base.ts";
 
-/** The hub cache folder from the environment (undefined when no home is known). */
+/**
+ * The hub cache folder from the environment, as `huggingface_hub` computes it:
+ * `HF_HUB_CACHE` (or the older `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`, with `~`
+ * expanded (undefined when no home is known).
+ */
 export function hfHubCacheDir(
   getenv: (name: string) => string | undefined = env,
 ): string | undefined {
-  const hub = getenv("HF_HUB_CACHE") ?? getenv("HUGGINGFACE_HUB_CACHE");
-  if (hub) return hub;
-  const home = getenv("HF_HOME");
-  if (home) return join(home, "hub");
-  const xdg = getenv("XDG_CACHE_HOME");
-  if (xdg) return join(xdg, "huggingface", "hub");
-  const user = getenv("HOME") ?? getenv("USERPROFILE");
-  return user ? join(user, ".cache", "huggingface", "hub") : undefined;
+  const hub = getenv("HF_HUB_CACHE") || getenv("HUGGINGFACE_HUB_CACHE");
+  if (hub) return expandHome(hub, getenv);
+  const home = hfHomeDir(getenv);
+  return home ? join(home, "hub") : undefined;
 }
 
 /** One repo's folder in the Hugging Face cache. */

@@ -12,15 +12,16 @@
  * the file, else this tool's range cache for the ranges it holds, else the network. With
  * `offline` (`HF_HUB_OFFLINE=1`) the network is never touched. The two caches arrive as
  * base.ts's `HfSnapshots` and `RangeStore` (open.ts passes in hf_cache.ts's and
- * range_cache.ts's), so this file imports neither; network reads of a range go through
- * `#fetchRange`, one call of the fetch per range.
+ * range_cache.ts's), so this file imports neither. A read is split into pieces of 8 MiB
+ * (pool.ts); each piece comes from the range cache or from one call of the fetch
+ * (`#fetchRange`) through the run's one pool of 16 concurrent requests.
  *
  * Reads use the resolve URL with the COMMIT sha (not the branch), so a branch that moves
  * during a run cannot mix two versions of a model.
  * @module
  */
 import { downloadFile, fileDownloadInfo } from "@huggingface/hub";
-import { GqaError } from "../../errors.ts";
+import { GqaError, type GqaErrorCode } from "../../errors.ts";
 import {
   type ByteSource,
   checkFileName,
@@ -34,9 +35,13 @@ import {
   readFileRange,
   type SourceStats,
 } from "./base.ts";
-import { HubError, hubFetch, type RetryOptions } from "./hub_fetch.ts";
+import { type HttpFailure, HubError, hubFetch, type RetryOptions } from "./hub_fetch.ts";
 import type { Progress } from "./progress.ts";
-import { cleanToken } from "./token.ts";
+import { DEFAULT_CONNECTIONS, DEFAULT_PIECE_BYTES, DownloadPool, splitRange } from "./pool.ts";
+import { cleanToken, redactToken } from "./token.ts";
+
+/** The cause of an offline lookup of a file no cache knows: `exists` answers false for it. */
+const OFFLINE_UNKNOWN = new Error("offline, and in no cache");
 
 /** Options of {@linkcode HubSource.open}. */
 export interface HubSourceOptions {
@@ -45,6 +50,8 @@ export interface HubSourceOptions {
   /** Branch, tag or commit sha. */
   revision: string;
   token?: string;
+  /** Where the token came from (or where we looked), for messages: see token.ts's `findToken`. */
+  tokenSource?: string;
   /** Hub base URL without a trailing slash. */
   endpoint: string;
   offline: boolean;
@@ -55,6 +62,10 @@ export interface HubSourceOptions {
   retry?: RetryOptions;
   fetch?: typeof fetch;
   progress?: Progress;
+  /** Requests in flight at once, for every read of this source together (default 16). */
+  connections?: number;
+  /** Network reads are split into pieces of this many bytes (default 8 MiB). */
+  pieceBytes?: number;
 }
 
 type FileInfo =
@@ -71,7 +82,12 @@ type FileInfo =
  */
 export class HubSource implements ByteSource {
   readonly name: string;
-  readonly stats: SourceStats = { bytesFetched: 0, requests: 0, bytesFromCache: 0 };
+  readonly stats: SourceStats = {
+    bytesFetched: 0,
+    requests: 0,
+    bytesFromCache: 0,
+    bytesDownloaded: 0,
+  };
   #revision: string;
   #commit?: string;
   readonly #o: HubSourceOptions;
@@ -80,6 +96,8 @@ export class HubSource implements ByteSource {
   readonly #hf?: HfSnapshots;
   readonly #infos = new Map<string, Promise<FileInfo | null>>();
   readonly #blobs = new Map<string, Blob>();
+  readonly #pool: DownloadPool;
+  readonly #pieceBytes: number;
 
   private constructor(o: HubSourceOptions) {
     this.#o = o;
@@ -87,6 +105,8 @@ export class HubSource implements ByteSource {
     this.#revision = o.revision;
     this.#host = new URL(o.endpoint).host;
     this.#hf = o.hfCache;
+    this.#pool = new DownloadPool(o.connections ?? DEFAULT_CONNECTIONS);
+    this.#pieceBytes = o.pieceBytes ?? DEFAULT_PIECE_BYTES;
     this.#fetch = hubFetch({
       endpoint: o.endpoint,
       token: o.token,
@@ -95,8 +115,10 @@ export class HubSource implements ByteSource {
       onRequest: () => this.stats.requests++,
       onBytes: (n) => {
         this.stats.bytesFetched += n;
-        o.progress?.add(n);
+        this.stats.bytesDownloaded = (this.stats.bytesDownloaded ?? 0) + n;
+        o.progress?.add(n, "network");
       },
+      onWait: (ms, why) => o.progress?.waiting(ms, why),
       onHubHeaders: (h) => {
         const sha = h.get("x-repo-commit");
         if (!this.#commit && sha && COMMIT_RE.test(sha)) this.#commit = sha;
@@ -106,39 +128,73 @@ export class HubSource implements ByteSource {
     });
   }
 
+  /** Reads in flight that keep every connection of the pool busy: connections × piece size. */
+  get readAheadBytes(): number {
+    return this.#pool.size * this.#pieceBytes;
+  }
+
   /** Commit sha when known (always, after `open`, unless the server does not send one). */
   get revision(): string {
     return this.#commit ?? this.#revision;
   }
 
   /**
-   * Resolves the revision to a commit: a sha as given, else the HF cache's ref, else (offline)
-   * our cache's ref, else one request to the Hub (the size probe of config.json).
+   * Resolves the revision to a commit as `huggingface_hub` does. A commit sha is used as
+   * given. Online, a branch or tag is asked of the Hub (the size probe of config.json tells
+   * the commit in X-Repo-Commit), so a branch that moved since the cache was filled is
+   * followed; only when the Hub cannot be reached (not when it answers an error) does the
+   * cache's record stand in. Offline, the Hugging Face cache's `refs/{revision}`, else the
+   * commit an earlier run of this tool recorded.
    */
   static async open(o: HubSourceOptions): Promise<HubSource> {
-    const s = new HubSource({ ...o, token: cleanToken(o.token) });
-    const rev = o.revision;
-    if (COMMIT_RE.test(rev)) s.#commit = rev;
-    s.#commit ??= await s.#hf?.resolve(rev);
-    if (!s.#commit && o.offline) {
-      s.#commit = await o.rangeCache?.readRef(s.#host, o.repo, rev);
-      if (!s.#commit) {
-        throw new GqaError(
-          "network",
-          `HF_HUB_OFFLINE is set, so nothing may be downloaded, but ${o.repo} at revision "${rev}" is in neither the Hugging Face cache (${
-            o.hfCache?.cacheDir ?? "not used"
-          }) nor this tool's cache (${
-            o.rangeCache?.root ?? "not used"
-          }). Run once online (unset HF_HUB_OFFLINE), or download the model first with \`huggingface-cli download ${o.repo}\`, or pass a local folder with --model.`,
-        );
+    const s = new HubSource({ ...o, token: cleanToken(o.token, o.tokenSource) });
+    return await s.#guard(() => s.#resolve());
+  }
+
+  async #resolve(): Promise<HubSource> {
+    const o = this.#o, rev = o.revision;
+    if (COMMIT_RE.test(rev)) this.#commit = rev;
+    else if (o.offline) this.#commit = await this.#recordedCommit(rev);
+    else {
+      try {
+        await this.#info("config.json", { revision: rev });
+      } catch (e) {
+        // Unreachable (connection failures, 5xx after the retries): fall back to the caches.
+        if (!(e instanceof GqaError) || e instanceof HubError || e.code !== "network") throw e;
+        this.#commit = await this.#recordedCommit(rev);
+        if (!this.#commit) throw e;
       }
+      if (this.#commit) await o.rangeCache?.writeRef(this.#host, o.repo, rev, this.#commit);
     }
-    if (!s.#commit) {
-      // One small request: the size probe of config.json tells the commit (X-Repo-Commit).
-      await s.#info("config.json", { revision: rev });
-      if (s.#commit) await o.rangeCache?.writeRef(s.#host, o.repo, rev, s.#commit);
+    if (!this.#commit && o.offline) {
+      throw new GqaError(
+        "network",
+        `HF_HUB_OFFLINE is set, so nothing may be downloaded, but ${o.repo} at revision "${rev}" is in neither the Hugging Face cache (${
+          o.hfCache?.cacheDir ?? "not used"
+        }) nor this tool's cache (${
+          o.rangeCache?.root ?? "not used"
+        }). Run once online (unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE), or download the model first with \`hf download ${o.repo}\`, or pass a local folder with --model.`,
+      );
     }
-    return s;
+    return this;
+  }
+
+  /** The commit `rev` named when a cache last saw it: the HF cache's refs/, else ours. */
+  async #recordedCommit(rev: string): Promise<string | undefined> {
+    return await this.#hf?.resolve(rev) ??
+      await this.#o.rangeCache?.readRef(this.#host, this.#o.repo, rev);
+  }
+
+  /**
+   * The boundary where errors leave this source: every public method runs through it, so
+   * the token is removed from whatever goes wrong below (token.ts's `redactToken`).
+   */
+  async #guard<T>(f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (e) {
+      throw redactToken(e, this.#o.token);
+    }
   }
 
   #describe(u: URL): string {
@@ -146,63 +202,79 @@ export class HubSource implements ByteSource {
     return m ? `${decodeURIComponent(m[1])} of ${this.name}` : `${u.pathname}`;
   }
 
-  #httpError(a: { status: number; hubCode?: string; url: URL; finalUrl: URL }): GqaError {
-    const { status, hubCode } = a;
-    const repo = this.name, rev = this.#revision;
+  /**
+   * The message for a final HTTP error, from the Hub's `X-Error-Code` and `X-Error-Message`
+   * as `huggingface_hub` reads them; each names the repo, the file and the revision.
+   */
+  #httpError(a: HttpFailure): GqaError {
+    const { status, hubCode, hubMessage } = a;
     const m = /\/resolve\/[^/]+\/(.+)$/.exec(a.url.pathname);
     const file = m ? decodeURIComponent(m[1]) : a.url.pathname;
+    const at = `${file} of ${this.name} at revision "${this.#revision}"`;
+    const said = `HTTP ${status}${hubCode ? `, ${hubCode}` : ""}${
+      hubMessage ? `: "${hubMessage.slice(0, 300)}"` : ""
+    }`;
+    const err = (code: GqaErrorCode, text: string) =>
+      new HubError(code, text, status, hubCode, { hubMessage });
     if (a.finalUrl.origin !== a.url.origin) {
       // The Hub redirected to a download server (CDN), which got no token: not an auth problem.
       // Only its host is named: the full URL carries a signature.
-      return new HubError(
+      return err(
         "network",
-        `The download server ${a.finalUrl.host}, to which the Hub redirected the request for ${file} of ${repo}, answered HTTP ${status}. Run again (a fresh redirect is asked for every read); if it persists, the Hub's storage is failing for this file: try later.`,
-        status,
-        hubCode,
+        `The download server ${a.finalUrl.host}, to which the Hub redirected the request for ${at}, answered HTTP ${status}. Run again (every run asks the Hub for a fresh redirect); if it persists, the Hub's storage is failing for this file: try later.`,
       );
     }
-    const page = `${this.#o.endpoint}/${repo}`;
-    const how =
-      `Create a read token at https://huggingface.co/settings/tokens and run \`export HF_TOKEN=hf_...\` (or pass --token) before running again.`;
-    if (status === 401) {
-      return new HubError(
+    const page = `${this.#o.endpoint}/${this.name}`;
+    const source = this.#o.tokenSource ?? "the token in HF_TOKEN";
+    const login =
+      `Log in with \`hf auth login\` (or set HF_TOKEN to a read token from https://huggingface.co/settings/tokens)`;
+    const rejected = (status === 401 || status === 403) &&
+      /invalid (credentials|username or password)/i.test(hubMessage ?? "");
+    if (rejected || (status === 401 && this.#o.token && !hubCode)) {
+      return err(
         "auth",
-        `The Hub refused to serve ${file} of ${repo} without valid credentials (HTTP 401${
-          hubCode ? `, ${hubCode}` : ""
-        }). ${
-          this.#o.token
-            ? "A token was sent (from HF_TOKEN or --token) but the Hub did not accept it: it may be mistyped, expired or revoked."
-            : "No token was sent: HF_TOKEN is not set."
-        } If the model is gated (meta-llama models are), open ${page} while logged in and accept its licence, then use a token of that account. ${how} (The Hub also answers 401 for a repo that does not exist or is private: check the spelling of --model.)`,
-        status,
-        hubCode,
+        `The Hub rejected ${source} while reading ${at} (${said}): it is mistyped, expired or revoked. Create a new read token at https://huggingface.co/settings/tokens and log in again with \`hf auth login\` (or set HF_TOKEN to it).`,
       );
     }
-    if (status === 403) {
-      return new HubError(
+    if (hubCode === "GatedRepo" && status === 401) {
+      return err(
         "auth",
-        `The Hub denied access to ${file} of ${repo} (HTTP 403${
-          hubCode ? `, ${hubCode}` : ""
-        }): the token in HF_TOKEN was accepted but may not read this repo. If the model is gated (meta-llama models are), open ${page} with that account, accept the licence and wait for the request to be approved; a fine-grained token also needs "read access to public gated repos". ${how}`,
-        status,
-        hubCode,
+        `${this.name} is a gated model: the Hub serves ${at} only to a logged-in account that accepted its licence, and ${
+          this.#o.token ? `${source} was not accepted for it` : `no token was sent (${source})`
+        } (${said}). ${login}, and accept the licence at ${page} with the same account.`,
+      );
+    }
+    if (hubCode === "GatedRepo" || (status === 403 && this.#o.token)) {
+      return err(
+        "auth",
+        `The Hub accepted ${source} but its account may not read ${at} (${said}): ${this.name} is gated and the licence at ${page} is not accepted yet, or the request is still pending review. Open ${page} logged in as the same account, accept the licence and wait until the page says access is granted; a fine-grained token also needs "Read access to contents of all public gated repos you can access".`,
+      );
+    }
+    if (hubCode === "RepoNotFound" || status === 401) {
+      return err(
+        "not-found",
+        `The repo ${this.name} was not found on ${this.#o.endpoint} while reading ${at} (${said}). Check the spelling of --model (a repo id looks like "owner/name", e.g. meta-llama/Meta-Llama-3-8B). The Hub answers the same for a private repo your account cannot read${
+          this.#o.token ? "" : ` (no token was sent: ${source}; ${login.toLowerCase()})`
+        }.`,
+      );
+    }
+    if (hubCode === "RevisionNotFound") {
+      return err(
+        "not-found",
+        `The revision "${this.#revision}" does not exist in ${this.name} (${said}, while reading ${file}). Check --revision: a branch, a tag or a 40-hex commit sha of ${page}.`,
       );
     }
     if (status === 404) {
-      const what = hubCode === "RepoNotFound"
-        ? `the repo ${repo} does not exist on ${this.#o.endpoint} (check the spelling of --model, or HF_ENDPOINT)`
-        : hubCode === "RevisionNotFound"
-        ? `the revision "${rev}" does not exist in ${repo} (check --revision: a branch, a tag or a commit sha)`
-        : `the file ${file} does not exist in ${repo} at revision "${rev}" (is it a transformers checkpoint with safetensors weights?)`;
-      return new HubError("not-found", `Not found (HTTP 404): ${what}.`, status, hubCode);
+      return err(
+        "not-found",
+        `The file ${file} does not exist in ${this.name} at revision "${this.#revision}" (${said}). Check the model's files at ${page}/tree/${
+          encodeURIComponent(this.#revision)
+        }: is it a transformers checkpoint with safetensors weights?`,
+      );
     }
-    return new HubError(
+    return err(
       "network",
-      `The Hub answered HTTP ${status}${
-        hubCode ? ` (${hubCode})` : ""
-      } for ${file} of ${repo}, which this tool does not know how to handle. Check HF_ENDPOINT, or try again later.`,
-      status,
-      hubCode,
+      `The Hub answered ${said} for ${at}, which this tool does not know how to handle. Check HF_ENDPOINT, or try again later.`,
     );
   }
 
@@ -248,7 +320,8 @@ export class HubSource implements ByteSource {
     if (this.#o.offline) {
       throw new GqaError(
         "network",
-        `HF_HUB_OFFLINE is set, so nothing may be downloaded, and ${file} of ${this.name} (commit ${this.revision}) was never fetched by an earlier run nor is in the Hugging Face cache. Run once online (unset HF_HUB_OFFLINE) to fetch it.`,
+        `HF_HUB_OFFLINE is set, so nothing may be downloaded, and ${file} of ${this.name} (commit ${this.revision}) was never fetched by an earlier run nor is in the Hugging Face cache. Run once online (unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE) to fetch it.`,
+        { cause: OFFLINE_UNKNOWN },
       );
     }
     let info;
@@ -285,12 +358,10 @@ export class HubSource implements ByteSource {
 
   #wrap(e: unknown, file: string): GqaError {
     if (e instanceof GqaError) return e;
-    const msg = String((e as Error)?.message ?? e);
-    const token = this.#o.token;
     return new GqaError(
       "network",
       `Unexpected answer from ${this.#o.endpoint} while reading ${file} of ${this.name}: ${
-        token ? msg.split(token).join("hf_***") : msg
+        String((e as Error)?.message ?? e)
       }. Check HF_ENDPOINT (it must be a Hugging Face Hub), or try again later.`,
       { cause: e },
     );
@@ -309,19 +380,29 @@ export class HubSource implements ByteSource {
     return info;
   }
 
-  async size(file: string): Promise<number> {
-    return (await this.#must(file)).size;
+  size(file: string): Promise<number> {
+    return this.#guard(async () => (await this.#must(file)).size);
   }
 
-  async exists(file: string): Promise<boolean> {
-    return (await this.#info(file)) !== null;
+  /** Offline, a file in neither cache counts as absent (nothing can tell otherwise). */
+  exists(file: string): Promise<boolean> {
+    return this.#guard(async () => {
+      try {
+        return (await this.#info(file)) !== null;
+      } catch (e) {
+        if (e instanceof GqaError && e.cause === OFFLINE_UNKNOWN) return false;
+        throw e;
+      }
+    });
   }
 
-  async read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
-    const bytes = await this.#read(file, begin, end, into);
-    if (!into || bytes === into) return bytes;
-    into.set(bytes);
-    return into;
+  read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    return this.#guard(async () => {
+      const bytes = await this.#read(file, begin, end, into);
+      if (!into || bytes === into) return bytes;
+      into.set(bytes);
+      return into;
+    });
   }
 
   async #read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
@@ -332,14 +413,28 @@ export class HubSource implements ByteSource {
       const bytes = await readFileRange(info.path, begin, end, into);
       this.stats.bytesFetched += bytes.length;
       this.stats.requests++;
-      this.#o.progress?.add(bytes.length);
+      this.#o.progress?.add(bytes.length, "disk");
       return bytes;
     }
+    // Pieces of ≤ 8 MiB, each from the range cache or one request through the pool, side by
+    // side, each cached as it lands; assembled in place.
+    const pieces = splitRange(begin, end, this.#pieceBytes);
+    const out = into ?? new Uint8Array(end - begin);
+    await Promise.all(pieces.map(async ([b, e]) => {
+      out.set(await this.#piece(file, info, b, e), b - begin);
+    }));
+    return out;
+  }
+
+  /** Bytes [begin, end) of one piece: from the range cache, else one pooled request. */
+  async #piece(file: string, info: FileInfo & { kind: "hub" }, begin: number, end: number) {
+    const fetchRange = (b: number, e: number) =>
+      this.#pool.run(() => this.#fetchRange(file, info, b, e));
     const cached = this.#cached(file);
-    if (!cached) return await this.#fetchRange(file, info, begin, end);
-    const r = await cached.read(begin, end, (b, e) => this.#fetchRange(file, info, b, e));
+    if (!cached) return await fetchRange(begin, end);
+    const r = await cached.read(begin, end, fetchRange);
     this.stats.bytesFromCache = (this.stats.bytesFromCache ?? 0) + r.fromCache;
-    this.#o.progress?.add(r.fromCache);
+    this.#o.progress?.add(r.fromCache, "disk");
     return r.bytes;
   }
 
@@ -390,6 +485,11 @@ export class HubSource implements ByteSource {
   async readText(file: string): Promise<string> {
     const bytes = await this.read(file, 0, await this.size(file));
     return decodeText(bytes, `${file} of ${this.name}`);
+  }
+
+  /** Sets the progress bar's label (which layer is being read or computed). */
+  status(label: string): void {
+    this.#o.progress?.setLabel(label);
   }
 
   expectBytes(total: number): void {

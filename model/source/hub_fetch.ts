@@ -6,11 +6,15 @@
  * 1. **Redirects and auth** ({@linkcode HubFetcher.hops}). Redirects are followed by hand;
  *    the `Authorization` header is added to a request only when its origin is the Hub's,
  *    so a redirect to the CDN (the real Hub sends every large file there) never sees the
- *    token. The library itself never holds the token, so it cannot leak it either.
+ *    token. The library itself never holds the token, so it cannot leak it either. Each
+ *    file is resolved once per run: later range reads reuse its CDN URL until the CDN
+ *    says it has expired (403/410), then the file is resolved again.
  * 2. **Retry policy** ({@linkcode HubFetcher.send}, with retry.ts's `RetryBudget`). 429
- *    and 5xx answers and failed connections are retried with exponential backoff
- *    (`Retry-After` honoured up to the cap), then reported as one clear "network" error;
- *    other HTTP errors become a {@linkcode HubError} at once.
+ *    and 5xx answers and failed connections are retried with exponential backoff (a
+ *    server's `Retry-After` / `RateLimit` wait honoured, see retry.ts), then reported as
+ *    one clear "network" error; other HTTP errors become a {@linkcode HubError} at once,
+ *    carrying the Hub's `X-Error-Code` and `X-Error-Message`. Errors leave
+ *    {@linkcode hubFetch} through token.ts's `redactToken`.
  * 3. **Body and range checks** ({@linkcode RangeRead}). A body cut short or a connection
  *    reset mid-body is resumed with a new Range request from the next byte; a body longer
  *    than asked is cut to the asked bytes (the rest is never read); a server that ignores
@@ -18,12 +22,13 @@
  *    range and then cancelled (skipping the bytes before it without keeping them), so
  *    memory stays at the size of the answer.
  *
- * A download pool (large reads split into pieces fetched side by side) belongs above
- * this file: each piece is one call of this fetch, with its own retries and resumes.
+ * The download pool (pool.ts: large reads split into pieces fetched side by side) is
+ * above this file: each piece is one call of this fetch, with its own retries and resumes.
  * @module
  */
 import { GqaError, type GqaErrorCode } from "../../errors.ts";
 import { DEFAULT_RETRY, RetryBudget, type RetryOptions } from "./retry.ts";
+import { redactToken } from "./token.ts";
 
 export type { RetryOptions };
 
@@ -31,7 +36,14 @@ const MAX_REDIRECTS = 10;
 /** Answers up to this size are read whole inside hubFetch (so an unread body never leaks a connection). */
 const BUFFER_BELOW = 1 << 20;
 /** Headers from the Hub's own answers that are kept even when a redirect's answer lacks them. */
-const HUB_HEADERS = ["x-repo-commit", "x-linked-etag", "x-linked-size", "x-error-code", "etag"];
+const HUB_HEADERS = [
+  "x-repo-commit",
+  "x-linked-etag",
+  "x-linked-size",
+  "x-error-code",
+  "x-error-message",
+  "etag",
+];
 
 /** An HTTP failure from the Hub, with what it said (for callers that branch on it). */
 export class HubError extends GqaError {
@@ -41,10 +53,14 @@ export class HubError extends GqaError {
     readonly status: number,
     /** The Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo…). */
     readonly hubCode?: string,
-    options?: ErrorOptions,
+    options?: ErrorOptions & { hubMessage?: string },
   ) {
     super(code, message, options);
+    this.hubMessage = options?.hubMessage;
   }
+
+  /** The Hub's `X-Error-Message`, when it sent one. */
+  readonly hubMessage?: string;
 }
 
 /** Options of {@linkcode hubFetch}. */
@@ -66,11 +82,28 @@ export interface HubFetchOptions {
    * Turns a final non-retryable HTTP error into a GqaError (default: a generic one). `url`
    * is the URL asked for; `finalUrl` the one that answered (after redirects).
    */
-  errorFor?: (a: { status: number; hubCode?: string; url: URL; finalUrl: URL }) => GqaError;
+  errorFor?: (a: HttpFailure) => GqaError;
   /** Says what a request was for, in messages (default: the URL's path). */
   describe?: (url: URL) => string;
   /** Sleep (tests pass a fake one). */
   sleep?: (ms: number) => Promise<void>;
+  /** Called when a remembered download URL had expired and the file is resolved again. */
+  onReresolve?: () => void;
+  /** Told before every wait between tries (ms, and why: "rate limited by the Hub", "HTTP 503"…). */
+  onWait?: (ms: number, reason: string) => void;
+}
+
+/** A final HTTP error as {@linkcode HubFetchOptions.errorFor} receives it. */
+export interface HttpFailure {
+  status: number;
+  /** The Hub's `X-Error-Code` (GatedRepo, RepoNotFound, RevisionNotFound, EntryNotFound…). */
+  hubCode?: string;
+  /** The Hub's `X-Error-Message` ("Invalid credentials in Authorization header"…). */
+  hubMessage?: string;
+  /** The URL asked for. */
+  url: URL;
+  /** The URL that answered (after redirects). */
+  finalUrl: URL;
 }
 
 /** A parsed `Range: bytes=a-b` request header (end exclusive; undefined = to the end). */
@@ -151,7 +184,11 @@ function readRequest(input: RequestInfo | URL, init?: RequestInit): HubRequest {
  */
 export function hubFetch(o: HubFetchOptions): typeof fetch {
   const fetcher = new HubFetcher(o);
-  return (input: RequestInfo | URL, init?: RequestInit) => fetcher.fetch(input, init);
+  // The boundary: whatever goes wrong below, the error leaves without the token.
+  return (input: RequestInfo | URL, init?: RequestInit) =>
+    fetcher.fetch(input, init).catch((e) => {
+      throw redactToken(e, o.token);
+    });
 }
 
 /** The three steps of {@linkcode hubFetch}; one instance per source. */
@@ -162,6 +199,8 @@ export class HubFetcher {
   readonly #base: typeof fetch;
   readonly #sleep: (ms: number) => Promise<void>;
   readonly describe: (url: URL) => string;
+  /** Resolve URL → the download URL the Hub redirected it to (signed, never logged). */
+  readonly #redirects = new Map<string, URL>();
 
   constructor(o: HubFetchOptions) {
     this.o = o;
@@ -199,8 +238,34 @@ export class HubFetcher {
 
   // --- step 1: redirects and auth -------------------------------------------------------
 
-  /** One logical request: redirects followed by hand, the token only for the Hub origin. */
+  /**
+   * One logical request: redirects followed by hand, the token only for the Hub origin.
+   * A range read of a file the Hub already redirected goes straight to the remembered
+   * download URL (one resolve per file per run, within the Hub's rate limits); when that
+   * URL has expired (403 or 410 from the download server) the file is resolved again.
+   */
   async hops(start: URL, method: string, headers: Headers): Promise<HubAnswer> {
+    const probe = headers.get("range") === "bytes=0-0"; // size probes need the Hub's headers
+    const memo = method === "GET" && !probe ? this.#redirects.get(start.href) : undefined;
+    if (memo) {
+      const { res, abort } = await this.#request(memo, method, this.#authorize(memo, headers));
+      if (res.status !== 403 && res.status !== 410) {
+        return { res, fromHub: new Headers(), abort, finalUrl: memo };
+      }
+      await res.body?.cancel().catch(() => {});
+      this.#redirects.delete(start.href); // expired: ask the Hub again
+      this.o.onReresolve?.();
+    }
+    const answer = await this.#follow(start, method, headers);
+    const { res, finalUrl } = answer;
+    if (res.ok && start.origin === this.hubOrigin && finalUrl.origin !== this.hubOrigin) {
+      this.#redirects.set(start.href, finalUrl);
+    }
+    return answer;
+  }
+
+  /** Follows redirects from `start` until an answer that is not one. */
+  async #follow(start: URL, method: string, headers: Headers): Promise<HubAnswer> {
     let url = start;
     const fromHub = new Headers();
     for (let i = 0; i <= MAX_REDIRECTS; i++) {
@@ -257,7 +322,13 @@ export class HubFetcher {
 
   /** A fresh failure count for one logical request about `what`. */
   budget(what: string): RetryBudget {
-    return new RetryBudget({ retry: this.retry, what, origin: this.hubOrigin, sleep: this.#sleep });
+    return new RetryBudget({
+      retry: this.retry,
+      what,
+      origin: this.hubOrigin,
+      sleep: this.#sleep,
+      onWait: this.o.onWait,
+    });
   }
 
   /** Sends until an OK answer (2xx), retrying 429/5xx and connection failures. */
@@ -268,20 +339,21 @@ export class HubFetcher {
         r = await this.hops(url, method, headers);
       } catch (e) {
         if (e instanceof GqaError) throw e;
-        await b.fail(`the connection failed (${(e as Error).message ?? e})`, undefined, e);
+        await b.fail(`the connection failed (${(e as Error).message ?? e})`, { cause: e });
         continue;
       }
       const { res } = r;
       if (res.ok) return r;
       await res.body?.cancel().catch(() => {});
       if (res.status === 429 || res.status >= 500) {
-        const ra = res.headers.get("retry-after");
-        await b.fail(`HTTP ${res.status}`, ra !== null ? Number(ra) : undefined);
+        await b.fail(`HTTP ${res.status}`, { headers: res.headers, status: res.status });
         continue;
       }
+      const said = (k: string) => r.fromHub.get(k) ?? res.headers.get(k) ?? undefined;
       throw this.#errorFor({
         status: res.status,
-        hubCode: r.fromHub.get("x-error-code") ?? res.headers.get("x-error-code") ?? undefined,
+        hubCode: said("x-error-code"),
+        hubMessage: said("x-error-message"),
         url,
         finalUrl: r.finalUrl,
       });
@@ -289,13 +361,13 @@ export class HubFetcher {
   }
 
   /** A final, non-retryable HTTP error, explained by the caller's `errorFor` or generically. */
-  #errorFor(a: { status: number; hubCode?: string; url: URL; finalUrl: URL }): GqaError {
+  #errorFor(a: HttpFailure): GqaError {
     if (this.o.errorFor) return this.o.errorFor(a);
     return new HubError(
       a.status === 401 || a.status === 403 ? "auth" : a.status === 404 ? "not-found" : "network",
       `${this.hubOrigin} answered HTTP ${a.status}${a.hubCode ? ` (${a.hubCode})` : ""} for ${
         this.describe(a.url)
-      }.`,
+      }${a.hubMessage ? `: "${a.hubMessage.slice(0, 300)}"` : ""}.`,
       a.status,
       a.hubCode,
     );
@@ -389,8 +461,7 @@ class RangeRead {
         error
           ? `the connection broke after byte ${this.pos} (${(error as Error).message ?? error})`
           : `the answer ended at byte ${this.pos}, before byte ${this.end}`,
-        undefined,
-        error,
+        { cause: error },
       );
     }
   }

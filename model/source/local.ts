@@ -93,7 +93,7 @@ export class LocalSource implements ByteSource {
     const bytes = await readFileRange(this.#path(file), begin, end, into);
     this.stats.bytesFetched += bytes.length;
     this.stats.requests++;
-    this.#progress?.add(bytes.length);
+    this.#progress?.add(bytes.length, "disk");
     return bytes;
   }
 
@@ -108,5 +108,10 @@ export class LocalSource implements ByteSource {
 
   close(): void {
     this.#progress?.finish();
+  }
+
+  /** Sets the progress bar's label (which layer is being read or computed). */
+  status(label: string): void {
+    this.#progress?.setLabel(label);
   }
 }

@@ -14,9 +14,11 @@
  *    b. this tool's range cache (byte ranges fetched by earlier runs, verified by SHA-256);
  *    c. the Hub (or `HF_ENDPOINT`) with HTTP Range requests, through `@huggingface/hub`.
  *
- * Environment, read only when the matching option is not given: `HF_TOKEN`,
- * `HF_ENDPOINT`, `HF_HUB_OFFLINE` (1/true/yes/on: no network at all), `HF_HUB_CACHE`,
- * `HF_HOME`, `GQA_VIZ_CACHE` (the range cache's folder).
+ * Environment, read only when the matching option is not given, as `huggingface_hub`
+ * reads it: the token from `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, the file `HF_TOKEN_PATH`
+ * names or `$HF_HOME/token` (token.ts); `HF_ENDPOINT`; `HF_HUB_OFFLINE`, else
+ * `TRANSFORMERS_OFFLINE` (1/true/yes/on: no network at all); `HF_HUB_CACHE`, `HF_HOME`,
+ * `GQA_VIZ_CACHE` (the range cache's folder), each with `~` expanded.
  *
  * This file is the top of model/source/: the only one that knows every implementation
  * (none of them imports it). It reads the environment, builds the caches and hands them
@@ -24,7 +26,8 @@
  * @module
  */
 import { GqaError } from "../../errors.ts";
-import { type ByteSource, env, envFlag, isRepoId } from "./base.ts";
+import { type ByteSource, env, isRepoId, offlineFromEnv } from "./base.ts";
+import { cleanToken, findToken, type FoundToken } from "./token.ts";
 import { LocalSource } from "./local.ts";
 import { HubSource } from "./hub.ts";
 import type { RetryOptions } from "./retry.ts";
@@ -38,7 +41,7 @@ export interface OpenSourceOptions {
   model: string;
   /** Branch, tag or commit sha (default "main"); ignored for a folder. */
   revision?: string;
-  /** Hub access token (default `HF_TOKEN`; "" means none). Never printed or stored. */
+  /** Hub access token (default: found as `huggingface_hub` finds it, see token.ts; "" means none). Never printed or stored. */
   token?: string;
   /** Hub base URL (default `HF_ENDPOINT`, else https://huggingface.co). */
   endpoint?: string;
@@ -59,7 +62,16 @@ export interface OpenSourceOptions {
   fetch?: typeof fetch;
   /** Called on every progress update (bytes delivered, total, rate, ETA). */
   onProgress?: (p: ProgressInfo) => void;
+  /** Hub requests in flight at once for the whole run (default 16). */
+  connections?: number;
+  /** Hub reads are split into pieces of this many bytes (default 8 MiB). */
+  pieceBytes?: number;
+  /** Receives one-line status messages (which token is used, never the token itself). */
+  log?: (line: string) => void;
 }
+
+/** How a token passed to openSource (`token`, captureLayer's `hfToken`) is named in messages. */
+const OPTION_TOKEN = "the token passed as an option";
 
 /** The default Hub. */
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
@@ -130,15 +142,20 @@ export async function openSource(a: OpenSourceOptions): Promise<ByteSource> {
       } (from --endpoint or HF_ENDPOINT) is not an http(s) URL. Use e.g. https://huggingface.co, or unset HF_ENDPOINT.`,
     );
   }
-  const token = a.token ?? env("HF_TOKEN") ?? "";
-  const offline = a.offline ?? envFlag("HF_HUB_OFFLINE");
+  const found: FoundToken = a.token !== undefined
+    ? { token: cleanToken(a.token, OPTION_TOKEN), source: OPTION_TOKEN }
+    : findToken();
+  if (found.token) a.log?.(`using ${found.source}`);
+  const offline = a.offline ?? offlineFromEnv();
   const hfDir = a.hfCacheDir === false ? undefined : (a.hfCacheDir ?? hfHubCacheDir());
   const cacheRoot = a.rangeCache === false ? undefined : (a.cacheDir ?? defaultRangeCacheDir());
 
+  // A bar drawn while opening (a rate-limit wait) is erased if opening fails.
   return await HubSource.open({
     repo: model,
     revision: a.revision ?? "main",
-    token: token || undefined,
+    token: found.token,
+    tokenSource: found.source,
     endpoint,
     offline,
     hfCache: hfDir ? new HfCacheRepo({ cacheDir: hfDir, repo: model }) : undefined,
@@ -146,5 +163,10 @@ export async function openSource(a: OpenSourceOptions): Promise<ByteSource> {
     retry: a.retry,
     fetch: a.fetch,
     progress,
+    connections: a.connections,
+    pieceBytes: a.pieceBytes,
+  }).catch((e) => {
+    progress.finish();
+    throw e;
   });
 }

@@ -2,8 +2,13 @@
  * A one-line progress bar for weight reads, drawn on stderr:
  *
  * ```
- * reading ███████████░░░░░░░░░░░░░  45%  1.02 GB / 2.19 GB  85.3 MB/s  ETA 14s
+ * layer 3/5  downloading  ███████████░░░░░░░░░░░░░   45%  1.02 GB / 2.19 GB  85.3 MB/s  ETA 14s
  * ```
+ *
+ * The label says which layer is under way (`setLabel`); the verb is "reading" while every
+ * byte came from disk (a folder, the Hugging Face cache, this tool's range cache) and
+ * "downloading" once any came over the network. A wait between tries (a rate limit) is
+ * shown on the same line until the next byte arrives.
  *
  * rate = bytes / seconds since the first byte; ETA = (total − bytes) / rate. The bar is
  * redrawn in place (`\r` + the line + "erase to end of line") at most every
@@ -27,13 +32,17 @@ export interface ProgressInfo {
   rate: number;
   /** Estimated milliseconds left, when `total` and a rate are known. */
   etaMs?: number;
+  /** Of `bytes`, those that came over the network. */
+  downloaded?: number;
+  /** A wait in progress ("rate limited by the Hub, waiting 30s"), until the next byte. */
+  note?: string;
 }
 
 /** Options of {@linkcode Progress}. */
 export interface ProgressOptions {
   /** Draw the bar (default false). Use {@linkcode progressWanted} to decide. */
   show?: boolean;
-  /** Word before the bar (default "reading"). */
+  /** What is under way, before the verb (e.g. "layer 3/5"); can be changed with `setLabel`. */
   label?: string;
   /** Bytes expected in all; can be set later with `setTotal`. */
   total?: number;
@@ -83,7 +92,7 @@ export function formatDuration(ms: number): string {
 /** The bar's text for a snapshot (no control characters). */
 export function progressLine(p: ProgressInfo, a: { label?: string; width?: number } = {}): string {
   const width = a.width ?? 24;
-  const parts = [a.label ?? "reading"];
+  const parts = [...(a.label ? [a.label] : []), p.downloaded ? "downloading" : "reading"];
   if (p.total !== undefined && p.total > 0) {
     const frac = Math.min(1, p.bytes / p.total);
     const full = Math.round(frac * width);
@@ -94,7 +103,8 @@ export function progressLine(p: ProgressInfo, a: { label?: string; width?: numbe
     parts.push(formatBytes(p.bytes));
   }
   if (p.rate > 0) parts.push(`${formatBytes(p.rate)}/s`);
-  if (p.etaMs !== undefined) parts.push(`ETA ${formatDuration(p.etaMs)}`);
+  if (p.etaMs !== undefined && !p.note) parts.push(`ETA ${formatDuration(p.etaMs)}`);
+  if (p.note) parts.push(p.note);
   return parts.join("  ");
 }
 
@@ -111,6 +121,9 @@ const encoder = new TextEncoder();
  */
 export class Progress {
   #bytes = 0;
+  #downloaded = 0;
+  #label?: string;
+  #note?: string;
   #total?: number;
   #start?: number;
   #lastDraw = -Infinity;
@@ -121,6 +134,7 @@ export class Progress {
 
   constructor(o: ProgressOptions = {}) {
     this.#o = o;
+    this.#label = o.label;
     this.#total = o.total;
     this.#now = o.now ?? (() => performance.now());
     this.#write = o.write ?? ((t) => {
@@ -137,19 +151,37 @@ export class Progress {
     this.#total = total;
   }
 
-  /** Records `n` more bytes delivered. */
-  add(n: number): void {
+  /** Records `n` more bytes delivered, from the network or from disk (the default). */
+  add(n: number, from: "network" | "disk" = "disk"): void {
     if (n <= 0) return;
     const t = this.#now();
     this.#start ??= t;
     this.#bytes += n;
+    if (from === "network") this.#downloaded += n;
+    this.#note = undefined;
     const info = this.info();
     this.#o.onProgress?.(info);
-    if (this.#o.show && t - this.#lastDraw >= (this.#o.minIntervalMs ?? 100)) {
-      this.#lastDraw = t;
-      this.#drawn = true;
-      this.#write(`\r${progressLine(info, this.#o)}\x1b[K`);
-    }
+    if (t - this.#lastDraw >= (this.#o.minIntervalMs ?? 100)) this.#draw(info, t);
+  }
+
+  /** Says what is under way from now on (e.g. "layer 3/5"), redrawing the bar if it is shown. */
+  setLabel(label: string): void {
+    this.#label = label;
+    if (this.#start !== undefined) this.#draw(this.info(), this.#now());
+  }
+
+  /** Shows a wait between tries (`ms`, and why) on the bar until the next byte arrives. */
+  waiting(ms: number, why: string): void {
+    this.#note = `${why}, waiting ${formatDuration(ms)}`;
+    this.#draw(this.info(), this.#now());
+  }
+
+  #draw(info: ProgressInfo, t: number): void {
+    if (!this.#o.show) return;
+    this.#lastDraw = t;
+    this.#drawn = true;
+    const line = progressLine(info, { label: this.#label, width: this.#o.width });
+    this.#write(`\r${line}\x1b[K`);
   }
 
   /** The current snapshot. */
@@ -160,7 +192,15 @@ export class Progress {
     const etaMs = total !== undefined && rate > 0
       ? (Math.max(0, total - this.#bytes) / rate) * 1000
       : undefined;
-    return { bytes: this.#bytes, total, elapsedMs, rate, etaMs };
+    return {
+      bytes: this.#bytes,
+      total,
+      elapsedMs,
+      rate,
+      etaMs,
+      downloaded: this.#downloaded,
+      note: this.#note,
+    };
   }
 
   /** Erases the bar (if one was drawn) so the next line of output starts clean. */

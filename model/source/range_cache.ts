@@ -41,6 +41,7 @@ import {
   type CacheFileKey,
   COMMIT_RE,
   env,
+  expandHome,
   type FileMeta,
   type RangeStore,
   type RangeStoreFile,
@@ -54,9 +55,9 @@ export function defaultRangeCacheDir(
   getenv: (name: string) => string | undefined = env,
 ): string | undefined {
   const own = getenv("GQA_VIZ_CACHE");
-  if (own) return own;
+  if (own) return expandHome(own, getenv);
   const xdg = getenv("XDG_CACHE_HOME");
-  if (xdg) return join(xdg, "gqa-viz");
+  if (xdg) return join(expandHome(xdg, getenv), "gqa-viz");
   const home = getenv("HOME") ?? getenv("USERPROFILE");
   return home ? join(home, ".cache", "gqa-viz") : undefined;
 }

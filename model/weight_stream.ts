@@ -1,0 +1,138 @@
+/**
+ * Streams byte ranges of a checkpoint into GPU buffers through a small ring of reused host
+ * pieces: no host copy of a whole tensor, let alone of a layer.
+ *
+ * ```
+ *  source ──read piece (≤ 16 MiB)──► host piece i ──writeBuffer──► weight buffer (queued)
+ *            4 pieces in flight          free again at once: writeBuffer copies the bytes
+ * ```
+ *
+ * Why this shape (measured on lavapipe, where "device" memory is host memory):
+ * - Nothing here waits for the GPU. In Deno every wait costs ~11 ms however little work it
+ *   waits for, and blocks the thread until the GPU is idle; writing a layer in 32 MiB
+ *   pieces with a wait after each spent more time waiting than copying. The caller waits
+ *   once, after the writes, while the GPU computes (forward.ts).
+ * - Writes are queued in call order with submits, so a write into a buffer that an earlier
+ *   submit still reads lands after that submit: one set of weight buffers suffices, and the
+ *   next layer's bytes are read while the current layer computes.
+ * - Mapped staging buffers (read from the source straight into a MAP_WRITE buffer) were
+ *   measured and rejected: Deno's `getMappedRange` allocates and copies (11 ms per 16 MiB),
+ *   `unmap` copies back, and `mapAsync` blocks while the GPU works.
+ * - `writeBuffer` copies into staging memory the driver allocates per call and frees after
+ *   the copy; host_memory.ts keeps that memory for reuse instead of faulting in fresh pages.
+ *
+ * Host memory is the ring (`ringBytes`, default 64 MiB) plus the driver's staging for the
+ * writes not yet submitted (the caller bounds it by submitting between parts of a layer).
+ * @module
+ */
+import type { Gpu } from "../kernels/gpu.ts";
+import type { ByteSource } from "./source/mod.ts";
+
+/** One range of a file to land in `dst` at `dstOffset` bytes. */
+export interface StreamJob {
+  file: string;
+  begin: number;
+  end: number;
+  dst: GPUBuffer;
+  dstOffset: number;
+}
+
+/** Options of {@linkcode WeightStream}. */
+export interface WeightStreamOptions {
+  /** Bytes per piece (default 16 MiB; rounded up to a multiple of 4). */
+  pieceBytes?: number;
+  /** Bytes of host pieces in all (default 64 MiB): how many reads may be in flight. */
+  ringBytes?: number;
+}
+
+/** Default piece: large enough that per-piece costs vanish, small enough to spread over a ring. */
+export const DEFAULT_PIECE_BYTES = 16 << 20;
+/** Default ring: 4 pieces read at once (a piece is free again as soon as it is written). */
+export const DEFAULT_RING_BYTES = 64 << 20;
+
+/** At most this many host pieces (and reads in flight), whatever the piece size. */
+const MAX_PIECES = 32;
+
+/**
+ * A ring of host pieces shared by every upload of a run.
+ * @example
+ * ```ts ignore
+ * const ws = new WeightStream(gpu, src);
+ * await ws.upload([{ file, begin, end, dst: matrix.buffer, dstOffset: 0 }]); // writes queued
+ * await gpu.run((enc) => decoderLayer(gpu, enc, args)); // this submit sees the bytes
+ * ws.destroy();
+ * ```
+ */
+export class WeightStream {
+  readonly #gpu: Gpu;
+  readonly #src: ByteSource;
+  readonly #piece: number;
+  readonly #max: number;
+  readonly #all: Uint8Array[] = [];
+  readonly #free: Uint8Array[] = [];
+  readonly #waiters: ((b: Uint8Array) => void)[] = [];
+
+  constructor(gpu: Gpu, src: ByteSource, opts: WeightStreamOptions = {}) {
+    this.#gpu = gpu;
+    this.#src = src;
+    this.#piece = Math.ceil((opts.pieceBytes ?? DEFAULT_PIECE_BYTES) / 4) * 4;
+    const ring = Math.floor((opts.ringBytes ?? DEFAULT_RING_BYTES) / this.#piece);
+    this.#max = Math.max(1, Math.min(MAX_PIECES, ring));
+  }
+
+  /** A host piece: a free one, a new one while the ring has room, else the next freed. */
+  #acquire(): Promise<Uint8Array> {
+    const b = this.#free.pop();
+    if (b) return Promise.resolve(b);
+    if (this.#all.length < this.#max) {
+      const nb = new Uint8Array(this.#piece);
+      this.#all.push(nb);
+      return Promise.resolve(nb);
+    }
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  #release(b: Uint8Array): void {
+    const w = this.#waiters.shift();
+    if (w) w(b);
+    else this.#free.push(b);
+  }
+
+  /**
+   * Reads every job's bytes piece by piece into the ring (pieces side by side) and queues
+   * each piece's write into its destination. Resolves when every write is queued (not necessarily done): the next
+   * submit on the queue sees all of them, and every submit before still sees the old bytes.
+   */
+  async upload(jobs: StreamJob[]): Promise<void> {
+    const pieces: StreamJob[] = [];
+    for (const j of jobs) {
+      for (let at = j.begin; at < j.end; at += this.#piece) {
+        const end = Math.min(j.end, at + this.#piece);
+        pieces.push({ ...j, begin: at, end, dstOffset: j.dstOffset + at - j.begin });
+      }
+    }
+    await Promise.all(pieces.map((p) => this.#one(p)));
+    this.#gpu.throwIfError();
+  }
+
+  /** One piece: wait for a free host piece, read into it, queue its write, free it. */
+  async #one(p: StreamJob): Promise<void> {
+    const n = p.end - p.begin;
+    const host = await this.#acquire();
+    try {
+      const bytes = host.subarray(0, n);
+      await this.#src.read(p.file, p.begin, p.end, bytes);
+      // Writes move whole 4-byte words: a tensor of odd 16-bit length lands with 2 bytes
+      // of padding, which every buffer has (sizes are rounded up to 4).
+      this.#gpu.write(p.dst, host.subarray(0, Math.ceil(n / 4) * 4), p.dstOffset);
+    } finally {
+      this.#release(host);
+    }
+  }
+
+  /** Lets go of the host pieces. */
+  destroy(): void {
+    this.#all.length = 0;
+    this.#free.length = 0;
+  }
+}
