@@ -13,7 +13,8 @@
  * 4 lanes of a query split its HD dimensions (lane l owns d = l, l + 4, l + 8, …) and keep
  * their share of q (pre-scaled by 1/√HD) and of the output accumulator in registers, as
  * named scalars (no private arrays). For each tile of BK keys (BK·HD·2·4 bytes of K and V
- * plus the partial dots stay within 16 KiB of workgroup memory; BK = 12 at HD = 128):
+ * plus the partial dots stay within `gpu.workgroupBudget`, 16 KiB on hardware adapters:
+ * BK = 12 at HD = 128; 4 KiB, BK = 3, on fallback adapters, see gpu.ts):
  *
  * ```
  *   all 64:      K[j0 … j0+BK, g, :], V[…] ──► ks, vs (workgroup)        coalesced rows

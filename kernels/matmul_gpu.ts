@@ -35,6 +35,11 @@
  * binding (windows of a multiple of 64 tokens, so offsets stay aligned), so Y need not
  * fit in one binding.
  *
+ * Tile sizes follow `gpu.workgroupBudget`: the figures above are for 16 KiB (hardware
+ * adapters). On fallback adapters, where this family runs only when forced (tests), the GEMV
+ * has 16 lanes per row and the GEMM 8 k per step, 4 KiB of workgroup memory: wgpu's GL
+ * backend zero-fills workgroup arrays with code that llvmpipe compiles in seconds per KiB.
+ *
  * ## Versions
  * - v1 (this file): GEMV 4 × 64 lanes, R rows per row group, X tile in workgroup memory,
  *   tree reduction; GEMM 64 × 64 × 32 tiles, 4 × 4 per invocation. F16 weights are always
