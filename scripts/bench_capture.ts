@@ -5,6 +5,7 @@
  * ```
  * deno run -A scripts/bench_capture.ts [DIR] [--layer 5] [--runs 2]   # where the time goes
  * deno run -A scripts/bench_capture.ts [DIR] --peer [--rounds 3]      # race PyTorch
+ * deno run -A scripts/bench_capture.ts [DIR] --peer --tokens 1        # the token-0 path
  * deno run -A scripts/bench_capture.ts [DIR] --one [--out K.f32]      # one timed capture (JSON)
  * ```
  *
@@ -40,7 +41,9 @@ import { layerDims, LayerSlots } from "../model/forward.ts";
 import { timeLayerSteps } from "./bench_steps.ts";
 
 /** "<bos>The quick brown fox jumps over the": the prompt every mode uses. */
-const TOKENS = [128000, 791, 4062, 14198, 39935, 35308, 927, 279];
+const PROMPT = [128000, 791, 4062, 14198, 39935, 35308, 927, 279];
+/** Its first `--tokens N` ids (default all 8; `--tokens 1` is the CLI's token-0 path). */
+let TOKENS = PROMPT;
 
 /** Peak resident set size of this process so far (Linux), in bytes. */
 function peakRss(): number {
@@ -118,6 +121,7 @@ async function race(dir: string, layer: number, rounds: number): Promise<void> {
   const peerK = await Deno.makeTempFile({ suffix: ".f32" });
   const self = new URL(import.meta.url).pathname;
   const ours = ["deno", "run", "-A", self, dir, "--one", "--layer", `${layer}`, "--out", oursK];
+  ours.push("--tokens", `${TOKENS.length}`);
   const peerScript = new URL("../bench/peer_torch.py", import.meta.url).pathname;
   const peer = ["/usr/bin/python3", peerScript, dir, "--layer", `${layer}`, "--out", peerK];
   // The peer's BLAS picks its own kernels: clear the overrides some machines set (for the
@@ -264,8 +268,14 @@ if (import.meta.main) {
       one: { type: "boolean" },
       out: { type: "string" },
       layers: { type: "string", default: "0" },
+      tokens: { type: "string", default: `${PROMPT.length}` },
     },
   });
+  const n = Number(values.tokens);
+  if (!Number.isInteger(n) || n < 1 || n > PROMPT.length) {
+    throw new Error(`--tokens must be 1 to ${PROMPT.length}, got ${values.tokens}`);
+  }
+  TOKENS = PROMPT.slice(0, n);
   const dir = positionals[0] ?? "/tmp/llama3-8b-shaped";
   const layer = Number(values.layer);
   await make8bShaped(dir, Math.max(6, layer + 1, Number(values.layers)));
