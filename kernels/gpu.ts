@@ -415,6 +415,7 @@ export const NO_ADAPTER_HELP =
  */
 export async function requestGpu(opts: RequestGpuOptions = {}): Promise<Gpu | null> {
   if (typeof navigator === "undefined" || !("gpu" in navigator)) return null;
+  ensureRuntimeDir();
   const adapter = await navigator.gpu.requestAdapter({
     powerPreference: opts.powerPreference ?? "high-performance",
   });
@@ -431,6 +432,28 @@ export async function requestGpu(opts: RequestGpuOptions = {}): Promise<Gpu | nu
     .filter(Boolean).join(" ") ||
     "unknown adapter";
   return new Gpu(device, name, isFallbackAdapter(adapter));
+}
+
+/**
+ * Gives the GL driver probe a private `XDG_RUNTIME_DIR` when none is set (a server, a
+ * container, `ssh` without a login session). Without one, the first `requestAdapter`
+ * prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." twice on
+ * stderr — harmless (the adapter is found), but alarming in the middle of a run. The
+ * folder is `$TMPDIR/gqa-viz-runtime-{uid}`, mode 0700, reused by every run of this user;
+ * one owned by another user is left alone. Must run before the first adapter request.
+ */
+function ensureRuntimeDir(): void {
+  try {
+    if (Deno.build.os !== "linux" || Deno.env.get("XDG_RUNTIME_DIR")) return;
+    const uid = Deno.uid();
+    const dir = `${Deno.env.get("TMPDIR") ?? "/tmp"}/gqa-viz-runtime-${uid}`;
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = Deno.lstatSync(dir);
+    if (!st.isDirectory || st.uid !== uid || ((st.mode ?? 0) & 0o077) !== 0) return;
+    Deno.env.set("XDG_RUNTIME_DIR", dir);
+  } catch {
+    // No env or write permission: the driver prints its warning, nothing else changes.
+  }
 }
 
 /** The limits the kernels ask for, at the adapter's maximum. */
