@@ -8,11 +8,11 @@
  *    a. attention half: submit steps 1-6 of decoderLayer (layer L: q/k/v and RoPE only);
  *       a captured layer also copies its q/k/v (+ RoPE) and attention weights into its own
  *       capture buffers; meanwhile stream layer l's down_proj and layer l+1's attention
- *       weights; wait once
- *    b. MLP half: submit steps 7-9 and one finite check of x; meanwhile stream layer l+1's
- *       gate_proj and up_proj; wait once (the wait is the read of the check's flag)
- *    c. on a NaN/Inf, re-run layer l step by step from the saved residual to name the step
- *  end: read every capture back
+ *       weights
+ *    b. MLP half: submit steps 7-9 and one finite check of x (into flag l); meanwhile
+ *       stream layer l+1's gate_proj and up_proj
+ *  end: read every capture and the finite flags back; on a NaN/Inf in layer l, run layers
+ *       0..l again and layer l step by step to name the step
  * ```
  *
  * Capturing layers A..L costs no extra weight bytes: the pass computes them anyway.
@@ -21,8 +21,8 @@
  * queued behind the submits before it, so the next layer's weights can stream into a buffer
  * while a submitted half still reads the current ones. Device memory is one layer of weights
  * plus activations, whatever L is; host memory is weight_stream.ts's ring of pieces plus the
- * driver's staging for one part of a layer. A wait for the GPU costs ~11 ms in Deno and blocks
- * until the GPU is idle, so each half waits exactly once, after its writes are queued.
+ * driver's staging for one part of a layer. No half waits for its own work: on lavapipe the
+ * submit itself runs it, and in Deno a wait costs ~11-40 ms of polling (see half()).
  * @module
  */
 import type { Gpu } from "../kernels/gpu.ts";
@@ -47,7 +47,6 @@ import {
   type FiniteCheck,
   finiteCheck,
   firstNonFinite,
-  resetFiniteCheck,
 } from "../kernels/finite_check.ts";
 import type { ModelConfig } from "./config.ts";
 import { gatherEmbeddingRows, type Plan, type TensorRead } from "./plan.ts";
@@ -282,39 +281,29 @@ function warmUp(
 }
 
 /**
- * Submits what `record` records, then lets `writes` (the next layer's weights streaming in)
- * run while the GPU computes, flushes them and waits for the queue to go idle. In Deno on
- * lavapipe any wait for the GPU blocks the thread until the GPU is idle, and costs ~11 ms
- * however short the work: so each half of a layer waits exactly once, after its writes.
- * With `check`, the half ends with a finite check of `outs` whose flag is copied into
- * `check.readback` and returned (the wait is the mapping of that buffer).
+ * Submits what `record` records, then lets `writes` (the next weights streaming in) finish
+ * and flushes them; resolves with `done`, the promise of this half's completion. It does not wait
+ * for this half: on lavapipe (Mesa 22) `queue.submit` runs the work on the calling thread
+ * before it returns, so the GPU is idle by then, and a wait would only add Deno's ~11-40 ms
+ * of polling. It waits only for the half before (`prev`, long finished on lavapipe), which
+ * on an asynchronous GPU keeps the loop at most one half ahead of the queue, so the
+ * driver's staging memory stays bounded.
  */
-async function sync(
+async function half(
   gpu: Gpu,
   writes: Promise<void>,
   record: (enc: GPUCommandEncoder) => void,
-  check?: { c: FiniteCheck; readback: GPUBuffer; outs: GPUBuffer[] },
-): Promise<number> {
+  prev: Promise<void>,
+): Promise<{ done: Promise<void> }> {
   const enc = gpu.device.createCommandEncoder();
   record(enc);
-  if (check) {
-    for (const o of check.outs) {
-      finiteCheck(gpu, enc, { check: check.c, step: 0, x: o, n: o.size / 4 });
-    }
-    gpu.copy(enc, check.c.flags, 0, check.readback, 0, 4);
-  }
   gpu.submitAsync(enc);
+  const done = gpu.device.queue.onSubmittedWorkDone();
   await writes; // queued behind this submit; the next submit carries them to the GPU
   gpu.device.queue.submit([]);
-  let flag = 0;
-  if (check) {
-    await check.readback.mapAsync(GPUMapMode.READ, 0, 4);
-    flag = new Uint32Array(check.readback.getMappedRange(0, 4))[0];
-    check.readback.unmap();
-    if (flag !== 0) resetFiniteCheck(gpu, check.c);
-  } else await gpu.device.queue.onSubmittedWorkDone();
+  await prev;
   gpu.throwIfError();
-  return flag;
+  return { done }; // wrapped: an async function returning a promise would wait for it
 }
 
 /**
@@ -363,13 +352,15 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
   }
   const captures = new Map(captured.map((l) => [l, allocCapture(gpu, dims, { attn: true })]));
   const last = captures.get(L)!;
-  const check = a.checkFinite === false ? undefined : createFiniteCheck(gpu, 1);
-  const readback = check && gpu.device.createBuffer({
-    size: 16,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    label: "finite flag readback",
-  });
-  const xBefore = gpu.buffer(T * cfg.D * 4, "x before the layer"); // (T, D)
+  // One finite check per layer (flag l), all read back with the captures at the end: a
+  // read is a wait, and no half waits (see half()).
+  const check = a.checkFinite === false ? undefined : createFiniteCheck(gpu, L + 1);
+  const finite = (enc: GPUCommandEncoder, l: number, outs: GPUBuffer[]) => {
+    for (const o of outs) {
+      if (check) finiteCheck(gpu, enc, { check, step: l, x: o, n: o.size / 4 });
+    }
+  };
+  const xBefore = gpu.buffer(T * cfg.D * 4, "warm-up residual"); // (T, D) zeros
 
   try {
     // 2. The embedding rows of the prompt's distinct tokens (never the whole table); layer 0's
@@ -385,66 +376,70 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
       (r) => src.read(r.file, r.begin, r.end),
     );
     const rows = gatherEmbeddingRows(plan, tokenIds, chunks); // (T, D) stored dtype
-    const x = gpu.upload(decodeWeights(rows, embDtype), "residual x"); // (T, D) f32
-    // Submitted, not awaited: a wait would block this thread while lavapipe compiles.
-    const enc = gpu.device.createCommandEncoder();
-    warmUp(gpu, enc, { dims, w: slots.w, s, x0: xBefore, check });
-    gpu.submitAsync(enc);
-    await sync(gpu, first, () => {});
+    const x0 = decodeWeights(rows, embDtype); // (T, D) f32
+    const x = gpu.upload(x0, "residual x"); // (T, D) f32
+    let prev = (await half(gpu, first, (enc) => {
+      warmUp(gpu, enc, { dims, w: slots.w, s, x0: xBefore, check });
+    }, Promise.resolve())).done;
     await slots.stream(0, parts[0].attn, src, ws);
 
     // 3. Layer by layer, in two halves. While each half computes, the weights that no
     //    longer need their old values stream in: during the attention half, layer l's
     //    down_proj and layer l+1's attention weights; during the MLP half, layer l+1's
-    //    gate_proj and up_proj. Each half then waits once.
+    //    gate_proj and up_proj. No half waits for itself (see half()).
     const layerSeconds: number[] = [];
     const w = slots.w as LayerWeights;
-    const chk = (outs: GPUBuffer[]) => check && readback && { c: check, readback, outs };
     const none: TensorRead[] = [];
     for (let l = 0; l <= L; l++) {
       a.onLayer?.(l);
       const t0 = performance.now();
       const isL = l === L;
       const capture = captures.get(l);
-      // a. Attention half (layer L: q/k/v and RoPE only, into the capture buffers).
+      // a. Attention half (layer L: q/k/v and RoPE only, into the capture buffers, checked).
       const duringAttn = Promise.all([
         slots.stream(l, isL ? none : parts[l].down, src, ws),
         slots.stream(l + 1, isL ? none : parts[l + 1].attn, src, ws),
       ]).then(() => {});
-      let bad = await sync(gpu, duringAttn, (enc) => {
-        gpu.copy(enc, x, 0, xBefore, 0, xBefore.size);
+      prev = (await half(gpu, duringAttn, (enc) => {
         decoderLayer(gpu, enc, { dims, w, x, s, stop: isL ? "qkv" : "attention", capture });
-      }, isL ? chk([last.q, last.k, last.v, last.kRope]) : undefined);
+        if (isL) finite(enc, l, [last.q, last.k, last.v, last.kRope]);
+      }, prev)).done;
       // b. MLP half, ending with the layer's one finite check (of x).
       if (!isL) {
         const duringMlp = slots.stream(l + 1, parts[l + 1].mlp, src, ws);
-        bad = await sync(gpu, duringMlp, (enc) => {
+        prev = (await half(gpu, duringMlp, (enc) => {
           decoderLayer(gpu, enc, { dims, w, x, s, start: "mlp" });
-        }, chk([x]));
+          finite(enc, l, [x]);
+        }, prev)).done;
       }
-      // c. On a NaN/Inf, re-run the layer step by step to name the step.
-      if (bad) await failAtStep({ ...a, slots, ws, dims, x, xBefore, s, l, capture });
       layerSeconds.push((performance.now() - t0) / 1000);
     }
 
-    // 4. Read every captured layer's tensors back.
-    const layers: LayerTensors[] = [];
-    for (const [layer, c] of captures) {
-      const [q, k, kRope, qRope, v, attn] = await Promise.all(
-        [c.q, c.k, c.kRope, c.qRope, c.v, c.attn!].map((b) => gpu.read(b)),
-      );
-      layers.push({ layer, q, k, kRope, qRope, v, attn });
-    }
+    // 4. Read every captured layer's tensors and the finite flags back (all at once: each
+    //    read is a wait). On a NaN/Inf, re-run up to the first bad layer to name the step.
+    const flags = check && firstNonFinite(gpu, check);
+    const layers: LayerTensors[] = await Promise.all(
+      [...captures].map(async ([layer, c]) => {
+        const [q, k, kRope, qRope, v, attn] = await Promise.all(
+          [c.q, c.k, c.kRope, c.qRope, c.v, c.attn!].map((b) => gpu.read(b)),
+        );
+        return { layer, q, k, kRope, qRope, v, attn };
+      }),
+    );
+    const bad = (await flags) ?? -1;
+    if (bad >= 0) await failAtStep({ ...a, slots, ws, dims, x, x0, s, l: bad, captures });
     return { ...layers[layers.length - 1], layers, layerSeconds };
   } finally {
     ws.destroy();
-    readback?.destroy();
+    check?.flags.destroy();
+    xBefore.destroy();
   }
 }
 
 /**
- * Layer `l` produced a NaN or Inf: re-runs it from the residual saved before it, with its
- * weights streamed again and a check after every step, and throws naming the first bad step.
+ * Layer `l` produced a NaN or Inf (its flag was read after the run): runs layers 0..l-1
+ * again from the embedding rows `x0`, then layer l step by step with a check after every
+ * step, and throws naming the first bad step. Slow, but only on the way to an error.
  */
 async function failAtStep(
   a: ForwardArgs & {
@@ -452,20 +447,25 @@ async function failAtStep(
     ws: WeightStream;
     dims: LayerDims;
     x: GPUBuffer;
-    xBefore: GPUBuffer;
+    x0: Float32Array;
     s: LayerScratch;
     l: number;
-    capture?: ReturnType<typeof allocCapture>;
+    captures: Map<number, ReturnType<typeof allocCapture>>;
   },
 ): Promise<never> {
-  const { gpu, slots, l, x } = a;
+  const { gpu, slots, l, x, dims, s } = a;
+  const w = slots.w as LayerWeights;
+  gpu.write(x, a.x0);
+  for (let j = 0; j < l; j++) {
+    await slots.stream(j, a.plan.layers[j], a.src, a.ws);
+    await gpu.run((enc) => decoderLayer(gpu, enc, { dims, w, x, s, stop: "full" }));
+  }
   await slots.stream(l, a.plan.layers[l], a.src, a.ws);
   const steps = createFiniteCheck(gpu, LAYER_STEPS.length);
   await gpu.run((enc) => {
-    gpu.copy(enc, a.xBefore, 0, x, 0, x.size);
     const stop = l === a.plan.layer ? "qkv" : "full";
-    const w = slots.w as LayerWeights;
-    decoderLayer(gpu, enc, { dims: a.dims, w, x, s: a.s, stop, capture: a.capture, check: steps });
+    const capture = a.captures.get(l);
+    decoderLayer(gpu, enc, { dims, w, x, s, stop, capture, check: steps });
   });
   const bad = await firstNonFinite(gpu, steps);
   steps.flags.destroy();
