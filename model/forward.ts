@@ -207,6 +207,20 @@ export class LayerSlots {
     await Promise.all([ws.upload(jobs), ...vectors]);
   }
 
+  /**
+   * Allocates the buffers of layer l's matrices among `reads` without writing them, so
+   * that a warm-up can record (and compile) every matmul before their bytes arrive.
+   */
+  allocate(l: number, reads: TensorRead[]): void {
+    const byName = new Map(Object.entries(names(l)).map(([k, v]) => [v, k]));
+    for (const r of reads) {
+      const key = byName.get(r.tensor);
+      if (key !== undefined && MATRIX_KEYS.includes(key)) {
+        this.#matrix(key as MatrixKey, r.tensor, r.end - r.begin);
+      }
+    }
+  }
+
   /** The buffer of matrix `key`, (re)allocated for `name`'s shape and dtype; checks `bytes`. */
   #matrix(key: MatrixKey, name: string, bytes: number): GpuMatrix {
     const info = this.tensors.get(name)!;
@@ -369,6 +383,7 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
     // Layer 0 in two parts, the MLP's first (it overlaps compiling), so the driver never
     // stages more than about half a layer: a part's staging memory is free once it lands.
     const parts = plan.layers.map(splitParts);
+    slots.allocate(0, plan.layers[0]); // every matmul of a layer, for the warm-up
     const first = slots.stream(0, parts[0].mlp, src, ws);
     const chunks = await mapLimit(
       plan.embedding,
