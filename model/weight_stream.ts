@@ -10,8 +10,9 @@
  * Why this shape (measured on lavapipe, where "device" memory is host memory):
  * - Nothing here waits for the GPU. In Deno every wait costs ~11 ms however little work it
  *   waits for, and blocks the thread until the GPU is idle; writing a layer in 32 MiB
- *   pieces with a wait after each spent more time waiting than copying. The caller waits
- *   once, after the writes, while the GPU computes (forward.ts).
+ *   pieces with a wait after each spent more time waiting than copying. forward.ts does
+ *   not wait for its own work either: on lavapipe `queue.submit` returns only once the
+ *   work is done, so the reads run (on Deno's I/O threads) while this thread is in it.
  * - Writes are queued in call order with submits, so a write into a buffer that an earlier
  *   submit still reads lands after that submit: one set of weight buffers suffices, and the
  *   next layer's bytes are read while the current layer computes.
