@@ -313,6 +313,7 @@ async function half(
   record(enc);
   gpu.submitAsync(enc);
   const done = gpu.device.queue.onSubmittedWorkDone();
+  done.catch(() => {}); // the last half's is never awaited: a lost device must not crash here
   await writes; // queued behind this submit; the next submit carries them to the GPU
   gpu.device.queue.submit([]);
   await prev;
