@@ -279,7 +279,7 @@ async function run(args: string[], io: Io): Promise<number> {
   if (a.kind === "html") {
     await writeFileAtomic(a.out, explorerHtml(cap, grid), "explorer page");
   } else {
-    const svg = renderGqaGrid(cap, grid);
+    const svg = renderGqaGrid(cap, { ...grid, hover: a.kind === "svg" });
     const bytes = a.kind === "svg" ? svg : await svgToPng(svg);
     await writeFileAtomic(a.out, bytes, a.kind.toUpperCase());
   }

@@ -763,6 +763,21 @@ Deno.test("renderGqaGrid() output is pinned: layout + SVG writer reproduce the p
   assert.equal(hex, "12979cc5ea88b48127eaa67d21d26d5649dea8b34a181e091190f6b8ab808998");
 });
 
+Deno.test("renderGqaGrid() with hover: false (a PNG) drops the caption's hover sentence, not a square", () => {
+  const c = makeCapture({ T: 3, H: 8, KV: 2, HD: 16, seed: 7 });
+  const opts: GridOptions = { token: 1, dims: 12, rope: "pre", show: "qk" };
+  const svg = renderGqaGrid(c, opts), still = renderGqaGrid(c, { ...opts, hover: false });
+  assert.ok(svg.includes("Hover a square for its exact value."));
+  assert.ok(!still.includes("Hover"));
+  // the data squares (value, colour, tooltip) are the same; only the caption's text reflows
+  const squares = (x: string) => x.match(/<rect class="[kq]"[^>]*fill="[^"]*"><title>[^<]*/g);
+  assert.equal(squares(still)?.length, 8 * 12 * 2); // H × dims × (K and Q)
+  assert.deepEqual(
+    squares(still)?.map((r) => r.replace(/ [xy]="\d+(\.\d+)?"/g, "")),
+    squares(svg)?.map((r) => r.replace(/ [xy]="\d+(\.\d+)?"/g, "")),
+  );
+});
+
 Deno.test("layoutGrid() is plain data that gridSvg() writes out as renderGqaGrid() does", () => {
   for (const [c, o] of layoutCases().slice(0, 9)) {
     const layout = layoutGrid(c, o);

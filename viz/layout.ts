@@ -86,6 +86,8 @@ export interface GridOptions {
   show: "k" | "qk";
   /** The colour scale ends at this percentile of |value| (0 < p ≤ 100; default 99). */
   clipPercentile?: number;
+  /** Whether squares can be hovered (default true; false for a PNG), so the caption says so. */
+  hover?: boolean;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -442,6 +444,7 @@ interface Choice {
   dims: number; // how many dims are drawn: d0 + dims ≤ HD
   all: boolean; // token "all": a T × dims heatmap per block
   qk: boolean; // Q beside K
+  hover: boolean; // squares carry hover values (not in a PNG)
   pct: number; // clip percentile
   r: number; // H / KV
   rope: "pre" | "post";
@@ -466,6 +469,7 @@ function resolveGrid(c: GridCapture, opts: GridOptions): Choice {
     dims: Math.min(opts.dims, HD - d0),
     all,
     qk: opts.show === "qk",
+    hover: opts.hover ?? true,
     pct: opts.clipPercentile ?? 99,
     r: H / KV,
     rope: opts.rope,
@@ -781,7 +785,7 @@ function colourCaption(c: GridCapture, ch: Choice, scale: GridLayout["scale"]): 
   return `Colour: ${ch.qk ? "K and Q" : "K"}, one scale centred on 0 for all ` +
     `${c.KV * ch.r} cells, ${clipText}` +
     (nanCount ? `; grey: ${nanCount} NaN value${nanCount === 1 ? "" : "s"}` : "") +
-    `. Hover a square for its exact value.`;
+    (ch.hover ? `. Hover a square for its exact value.` : ".");
 }
 
 /** The colour bar whose top-left is (x, y): gradient, end labels, ticks, caption lines. */
