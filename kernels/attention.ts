@@ -27,7 +27,7 @@
  * @module
  */
 import { type Gpu, grid2d, type KernelFamily } from "./gpu.ts";
-import { attentionTiled } from "./attention_tiled.ts";
+import { attentionTiled, type TiledAttentionArgs } from "./attention_tiled.ts";
 
 const WG = 64;
 
@@ -81,24 +81,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) grid: vec3u,
 }`;
 }
 
-/** Arguments of {@linkcode attention}. */
-export interface AttentionArgs {
-  /** Queries after RoPE, f32 (T, H·HD). */
-  q: GPUBuffer;
-  /** Keys after RoPE, f32 (T, KV·HD). */
-  k: GPUBuffer;
-  /** Values, f32 (T, KV·HD). */
-  v: GPUBuffer;
-  /** Output, f32 (T, H·HD): head h of token t at t·H·HD + h·HD. */
-  out: GPUBuffer;
-  T: number;
-  H: number;
-  KV: number;
-  HD: number;
+/**
+ * Arguments of {@linkcode attention}: those of the tiled kernel it may hand the call to
+ * (q, out (T, H·HD) and k, v (T, KV·HD), f32; head h of token t at t·H·HD + h·HD), plus the
+ * kernel family. A `qPos0` above 0 (query windows of a long prompt) always runs the tiled
+ * kernel.
+ */
+export interface AttentionArgs extends TiledAttentionArgs {
   /** Force a kernel family; default `gpu.kernels` ("gpu": attention_tiled.ts). */
   family?: KernelFamily;
-  /** Position of the first query (query windows of a long prompt; tiled kernel only). */
-  qPos0?: number;
 }
 
 /**

@@ -279,7 +279,10 @@ function stepper(gpu: Gpu, encoder: GPUCommandEncoder, check?: FiniteCheck) {
     check && finiteCheck(gpu, encoder, { check, step: LAYER_STEPS.indexOf(name), x: buf, n });
 }
 
-/** Copies rows [t0, t0 + n) of width `width` f32 between a full and a chunk buffer. */
+/**
+ * Copies rows [t0, t0 + n) of width `width` f32 between a full buffer (the layer's, or a
+ * capture buffer) and a chunk buffer; nothing when they are one buffer (no chunking).
+ */
 function rows(
   gpu: Gpu,
   encoder: GPUCommandEncoder,
@@ -324,9 +327,9 @@ function projectChunk(
   // 3. Capture point: K exactly as it leaves k_proj (what a PyTorch forward hook sees).
   const cap = a.capture;
   if (cap) {
-    gpu.copy(encoder, q, 0, cap.q, t0 * H * HD * 4, n * H * HD * 4);
-    gpu.copy(encoder, k, 0, cap.k, t0 * KV * HD * 4, n * KV * HD * 4);
-    gpu.copy(encoder, v, 0, cap.v, t0 * KV * HD * 4, n * KV * HD * 4);
+    rows(gpu, encoder, "out", cap.q, q, { t0, n, width: H * HD });
+    rows(gpu, encoder, "out", cap.k, k, { t0, n, width: KV * HD });
+    rows(gpu, encoder, "out", cap.v, v, { t0, n, width: KV * HD });
   }
 
   // 4. Rotary position embedding on q and k (rotate_half convention), in place.
@@ -337,8 +340,8 @@ function projectChunk(
   rope(gpu, encoder, { x: k, cos, sin, T: n, heads: KV, HD });
   step("rope", k, n * KV * HD);
   if (cap) {
-    gpu.copy(encoder, k, 0, cap.kRope, t0 * KV * HD * 4, n * KV * HD * 4);
-    gpu.copy(encoder, q, 0, cap.qRope, t0 * H * HD * 4, n * H * HD * 4);
+    rows(gpu, encoder, "out", cap.kRope, k, { t0, n, width: KV * HD });
+    rows(gpu, encoder, "out", cap.qRope, q, { t0, n, width: H * HD });
   }
   rows(gpu, encoder, "out", s.q, q, { t0, n, width: H * HD });
   rows(gpu, encoder, "out", s.k, k, { t0, n, width: KV * HD });

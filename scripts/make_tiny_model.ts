@@ -541,6 +541,9 @@ export function tinyConfig(
     return { ...plain, rope_theta: 10000.0 };
   }
   if (opts.variant !== "qwen2") return llama;
+  // Spelled out whole rather than built from the Llama fields above: each literal mirrors its
+  // model family's own config.json, key for key and in its order (the two share many keys,
+  // not a schema), so either can be checked against the real file at a glance.
   return {
     architectures: ["Qwen2ForCausalLM"],
     attention_dropout: 0.0,

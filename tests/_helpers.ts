@@ -1,7 +1,6 @@
 /**
- * Shared test helpers: a seeded random generator, relative L2 error, 16-bit rounding,
- * and `gpuTest`, which runs a test on the adapter it finds (and fails loudly in CI when
- * there is none).
+ * Shared test helpers: a seeded random generator, relative L2 error, `gpuTest`, which runs a test on the adapter it finds (and fails loudly in CI when there
+ * is none), GqaError assertions and `withEnv` for environment variables.
  * @module
  */
 import { type Gpu, requestGpu } from "../kernels/gpu.ts";
@@ -145,4 +144,51 @@ export async function assertGqa(
     }
   }
   return err;
+}
+
+/**
+ * The GqaError `p` rejects with (or `p()` throws or rejects with); fails if it succeeds or
+ * fails with anything else.
+ *
+ * @example
+ * ```ts ignore
+ * const e = await gqaError(src.readText("missing.json"));
+ * assert.equal(e.code, "not-found");
+ * ```
+ */
+export async function gqaError(p: Promise<unknown> | (() => unknown)): Promise<GqaError> {
+  try {
+    await (typeof p === "function" ? p() : p);
+  } catch (e) {
+    if (!(e instanceof GqaError)) throw new Error(`expected a GqaError, got ${e}`);
+    return e;
+  }
+  throw new Error("expected a GqaError, but it succeeded");
+}
+
+/**
+ * Sets (or, with undefined, unsets) environment variables for the duration of `fn`, then
+ * puts back what was there before.
+ *
+ * @example
+ * ```ts ignore
+ * await withEnv({ HF_HUB_OFFLINE: "1", HF_TOKEN: undefined }, () => run());
+ * ```
+ */
+export async function withEnv<T>(
+  vars: Record<string, string | undefined>,
+  fn: () => Promise<T>,
+): Promise<T> {
+  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
+  const set = (m: Record<string, string | undefined>) => {
+    for (const [k, v] of Object.entries(m)) {
+      v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
+    }
+  };
+  set(vars);
+  try {
+    return await fn();
+  } finally {
+    set(old);
+  }
 }

@@ -5,25 +5,14 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 import { join } from "node:path";
-import { defaultOutName, type Io, main, parseLayerSpec } from "../scripts/viz.ts";
+import { defaultOutName, parseLayerSpec } from "../scripts/viz.ts";
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";
 import { headerLength, parseHeader } from "../model/safetensors.ts";
 import { captureLayer } from "../model/capture.ts";
 import { GqaError } from "../errors.ts";
-import { gpuTest, testGpu } from "./_helpers.ts";
+import { gpuTest } from "./_helpers.ts";
+import { cli } from "./_cli.ts";
 import { darkPixels, decodePng, distinctColours } from "./_png.ts";
-
-async function cli(args: string[], extra: Partial<Io> = {}) {
-  const out: string[] = [], err: string[] = [];
-  const gpu = await testGpu();
-  const code = await main(args, {
-    out: (l) => out.push(l),
-    err: (l) => err.push(l),
-    gpu: () => Promise.resolve(gpu),
-    ...extra,
-  });
-  return { code, out: out.join("\n"), err: err.join("\n") };
-}
 
 Deno.test("parseLayerSpec() reads N, A-B and all, and refuses the rest as bad input", () => {
   assertEquals(parseLayerSpec("5"), [5]);

@@ -8,47 +8,15 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type Io, main } from "../scripts/viz.ts";
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";
 import { headerLength } from "../model/safetensors.ts";
-import { gpuTest, testGpu } from "./_helpers.ts";
+import { gpuTest, withEnv } from "./_helpers.ts";
+import { cli } from "./_cli.ts";
 import { makeHfCacheDir, MOCK_REPO, startMockHub } from "./mock_hub.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 /** The terminal's "erase to the end of the line" (ESC [ K), which the progress bar uses. */
 const ERASE_LINE = String.fromCharCode(27) + "[K";
-
-/** Runs the CLI in-process; returns the exit code and what it printed. */
-async function cli(args: string[], extra: Partial<Io> = {}) {
-  const out: string[] = [], err: string[] = [];
-  const gpu = await testGpu();
-  const code = await main(args, {
-    out: (l) => out.push(l),
-    err: (l) => err.push(l),
-    gpu: () => Promise.resolve(gpu),
-    ...extra,
-  });
-  return { code, out: out.join("\n"), err: err.join("\n") };
-}
-
-/** Sets (or with undefined, unsets) environment variables for the duration of `fn`. */
-async function withEnv<T>(
-  vars: Record<string, string | undefined>,
-  fn: () => Promise<T>,
-): Promise<T> {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
-  const set = (m: Record<string, string | undefined>) => {
-    for (const [k, v] of Object.entries(m)) {
-      v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
-    }
-  };
-  set(vars);
-  try {
-    return await fn();
-  } finally {
-    set(old);
-  }
-}
 
 /** The files of the tiny model's folder, by name. */
 async function modelFiles(dir: string): Promise<Record<string, Uint8Array>> {

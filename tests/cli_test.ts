@@ -4,37 +4,12 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { join } from "node:path";
-import { defaultOutName, type Io, main } from "../scripts/viz.ts";
+import { defaultOutName } from "../scripts/viz.ts";
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";
 import { headerLength, parseHeader } from "../model/safetensors.ts";
-import { gpuTest, testGpu } from "./_helpers.ts";
+import { gpuTest, withEnv } from "./_helpers.ts";
+import { cli } from "./_cli.ts";
 import { MOCK_REPO, MOCK_TOKEN, startMockHub } from "./mock_hub.ts";
-
-/** Runs the CLI in-process; returns the exit code and what it printed. */
-async function cli(args: string[], extra: Partial<Io> = {}) {
-  const out: string[] = [], err: string[] = [];
-  const gpu = await testGpu();
-  const code = await main(args, {
-    out: (l) => out.push(l),
-    err: (l) => err.push(l),
-    gpu: () => Promise.resolve(gpu),
-    ...extra,
-  });
-  return { code, out: out.join("\n"), err: err.join("\n") };
-}
-
-/** Sets environment variables for the duration of `fn`. */
-async function withEnv<T>(vars: Record<string, string>, fn: () => Promise<T>): Promise<T> {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
-  for (const [k, v] of Object.entries(vars)) Deno.env.set(k, v);
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of Object.entries(old)) {
-      v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
-    }
-  }
-}
 
 /** Asserts a one-paragraph error: one line, starting "error:", no stack trace. */
 function assertCleanError(r: { code: number; err: string }, code: number, pattern: RegExp) {

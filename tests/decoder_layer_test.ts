@@ -78,17 +78,19 @@ function uploadLayer(gpu: Gpu, w: RefLayer, dtype: WeightDtype): LayerWeights {
   };
 }
 
-async function runLayer(
-  gpu: Gpu,
-  rng: Rng,
-  a: {
-    T: number;
-    dtype: WeightDtype;
-    bias: boolean;
-    family: KernelFamily;
-    maxBindingBytes?: number;
-  },
-) {
+/**
+ * One case of the layer test: T tokens, the weights' dtype, q/k/v biases or not, the kernel
+ * family, and a binding limit that forces chunks.
+ */
+interface LayerCase {
+  T: number;
+  dtype: WeightDtype;
+  bias: boolean;
+  family: KernelFamily;
+  maxBindingBytes?: number;
+}
+
+async function runLayer(gpu: Gpu, rng: Rng, a: LayerCase) {
   const before = gpu.kernels;
   gpu.kernels = a.family; // what GQA_VIZ_KERNELS does for a whole run
   try {
@@ -101,7 +103,7 @@ async function runLayer(
 async function runLayerOnce(
   gpu: Gpu,
   rng: Rng,
-  a: { T: number; dtype: WeightDtype; bias: boolean; maxBindingBytes?: number },
+  a: Omit<LayerCase, "family">,
 ) {
   const dims: LayerDims = { ...CFG, T: a.T };
   const wRef = randomLayer(rng, a.dtype, a.bias);
@@ -161,13 +163,7 @@ for (
 async function checkLayer(
   gpu: Gpu,
   rng: Rng,
-  a: {
-    T: number;
-    dtype: WeightDtype;
-    bias: boolean;
-    family: KernelFamily;
-    maxBindingBytes?: number;
-  },
+  a: LayerCase,
 ): Promise<void> {
   const r = await runLayer(gpu, rng, a);
   const tol = 1e-4;

@@ -8,7 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { GqaError } from "../errors.ts";
+import type { GqaError } from "../errors.ts";
+import { gqaError, withEnv } from "./_helpers.ts";
 import {
   expandHome,
   findToken,
@@ -39,36 +40,6 @@ const FAST = { baseDelayMs: 1, maxDelayMs: 4, attempts: 3 };
 const CONFIG = JSON.stringify({ architectures: ["LlamaForCausalLM"], hidden_size: 64 });
 const OTHER = "fedcba9876543210fedcba9876543210fedcba98";
 const TOKEN_VARS = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME"];
-
-/** The GqaError `p` rejects with (fails if it resolves or rejects with anything else). */
-async function gqaError(p: Promise<unknown>): Promise<GqaError> {
-  try {
-    await p;
-  } catch (e) {
-    assert(e instanceof GqaError, `expected a GqaError, got ${e}`);
-    return e;
-  }
-  throw new Error("expected a GqaError, but it succeeded");
-}
-
-/** Sets (or, with undefined, unsets) environment variables for the duration of `fn`. */
-async function withEnv<T>(
-  vars: Record<string, string | undefined>,
-  fn: () => Promise<T>,
-): Promise<T> {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
-  const set = (m: Record<string, string | undefined>) => {
-    for (const [k, v] of Object.entries(m)) {
-      v === undefined ? Deno.env.delete(k) : Deno.env.set(k, v);
-    }
-  };
-  set(vars);
-  try {
-    return await fn();
-  } finally {
-    set(old);
-  }
-}
 
 /** A mock Hub serving `repos` (each with config.json), a temp folder, and an opener. */
 async function hubWith(repos: Record<string, MockRepo>) {

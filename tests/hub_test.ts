@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { GqaError } from "../errors.ts";
+import { gqaError } from "./_helpers.ts";
 import { openSource, type OpenSourceOptions } from "../model/source/mod.ts";
 import {
   makeRepoDir,
@@ -70,17 +70,6 @@ function assertBytes(actual: Uint8Array, expected: Uint8Array, what: string) {
 }
 
 const assertEquals = (a: unknown, b: unknown, msg?: string) => assert.deepStrictEqual(a, b, msg);
-
-/** The GqaError `p` rejects with (fails if it resolves or rejects with anything else). */
-async function gqaError(p: Promise<unknown>): Promise<GqaError> {
-  try {
-    await p;
-  } catch (e) {
-    assert(e instanceof GqaError, `expected a GqaError, got ${e}`);
-    return e;
-  }
-  throw new Error("expected a GqaError, but it succeeded");
-}
 
 Deno.test("HubSource reads exact byte ranges and resolves main to the commit sha", async () => {
   await using s = await setup();

@@ -178,31 +178,26 @@ export function referenceLayer(
 }
 
 /**
- * Runs layers 0..L-1 fully and returns layer L's capture, from embedding rows `embeds`
- * (T, D). `layers(l)` gives layer l's weights (only l ≤ L are asked for).
+ * The input of a reference pass: embedding rows `embeds` (T, D), the weights of layer l as
+ * `layers(l)` (only l ≤ L are asked for), and the deepest layer L.
  */
-export function referenceCapture(
-  a: {
-    cfg: RefConfig;
-    embeds: Float32Array;
-    T: number;
-    layers: (l: number) => RefLayer;
-    L: number;
-  },
-): RefCapture {
+export interface RefPassArgs {
+  cfg: RefConfig;
+  embeds: Float32Array;
+  T: number;
+  layers: (l: number) => RefLayer;
+  L: number;
+}
+
+/**
+ * Runs layers 0..L-1 fully and returns layer L's capture (see {@linkcode RefPassArgs}).
+ */
+export function referenceCapture(a: RefPassArgs): RefCapture {
   return referenceSweep(a)[a.L];
 }
 
 /** Like {@linkcode referenceCapture}, but returns the capture of every layer 0..L. */
-export function referenceSweep(
-  a: {
-    cfg: RefConfig;
-    embeds: Float32Array;
-    T: number;
-    layers: (l: number) => RefLayer;
-    L: number;
-  },
-): RefCapture[] {
+export function referenceSweep(a: RefPassArgs): RefCapture[] {
   let x: Float64Array = Float64Array.from(a.embeds);
   const out: RefCapture[] = [];
   for (let l = 0; l <= a.L; l++) {

@@ -4,7 +4,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { GqaError } from "../errors.ts";
+import { gqaError } from "./_helpers.ts";
 import { LocalSource } from "../model/source/local.ts";
 import { checkFileName, isRepoId, openSource, repoFolderName } from "../model/source/mod.ts";
 import { hfHubCacheDir } from "../model/source/hf_cache.ts";
@@ -26,16 +26,6 @@ import {
 } from "./mock_hub.ts";
 
 const assertEquals = (a: unknown, b: unknown, msg?: string) => assert.deepStrictEqual(a, b, msg);
-
-async function gqaError(p: Promise<unknown> | (() => unknown)): Promise<GqaError> {
-  try {
-    await (typeof p === "function" ? p() : p);
-  } catch (e) {
-    assert(e instanceof GqaError, `expected a GqaError, got ${e}`);
-    return e;
-  }
-  throw new Error("expected a GqaError, but it succeeded");
-}
 
 function assertBytes(actual: Uint8Array, expected: Uint8Array, what: string) {
   assertEquals(actual.length, expected.length, `${what}: length`);

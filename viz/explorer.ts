@@ -28,33 +28,24 @@
  * `.p` with `data-h`, `data-t`, `data-j`, `data-v` and a `<title>`); the chart in `#summary`.
  * @module
  */
+import type { Capture, LayerTensors } from "../model/capture.ts";
 import { GRID_LAYOUT_FUNCTIONS, type GridOptions, sharingLegend, visibleToken } from "./layout.ts";
 import { escapeXml, GRID_SVG_FUNCTIONS } from "./grid_svg.ts";
 import { type GqaSummary, gqaSummary } from "./gqa_summary.ts";
 
-/** One captured layer's tensors (model/forward.ts's LayerTensors fits). */
-export interface ExplorerLayer {
-  layer: number;
-  q: Float32Array; //     (T, H*HD)
-  qRope: Float32Array; // (T, H*HD)
-  k: Float32Array; //     (T, KV*HD)
-  kRope: Float32Array; // (T, KV*HD)
-  attn: Float32Array; //  (H, T, T)
-}
+/**
+ * One captured layer's tensors, all but V (not drawn): q, qRope (T, H*HD), k, kRope
+ * (T, KV*HD), attn (H, T, T).
+ */
+export type ExplorerLayer = Omit<LayerTensors, "v">;
 
-/** What the explorer needs (a model/capture.ts `Capture` fits). */
-export interface ExplorerCapture {
-  model: string;
-  revision: string;
-  tokenIds: number[];
-  tokenTexts: string[];
-  T: number;
-  H: number;
-  KV: number;
-  HD: number;
-  /** Every captured layer, ascending. */
-  sweep: ExplorerLayer[];
-}
+/**
+ * What the explorer needs of a model/capture.ts `Capture`: names, shape and every captured
+ * layer (`sweep`, ascending).
+ */
+export type ExplorerCapture =
+  & Pick<Capture, "model" | "revision" | "tokenIds" | "tokenTexts" | "T" | "H" | "KV" | "HD">
+  & { sweep: ExplorerLayer[] };
 
 /** A tensor as the page stores it: half floats, base64, times `scale`. */
 interface PageTensor {

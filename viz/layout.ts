@@ -45,6 +45,7 @@
  * a page can embed them all by their source text and call `layoutGrid` with the data.
  * @module
  */
+import type { Capture } from "../model/capture.ts";
 import {
   COLOUR_SCALE_FUNCTIONS,
   divergingHex,
@@ -55,31 +56,18 @@ import {
 } from "./colors.ts";
 
 /**
- * The tensors and names the grid needs: exactly the fields of model/capture.ts's `Capture`
- * (declared here so viz/ does not depend on model/; a `Capture` fits structurally).
+ * The tensors and names the grid needs: the fields of model/capture.ts's `Capture` that it
+ * draws (q (T, H*HD) and k (T, KV*HD) as they leave q_proj and k_proj, kRope after RoPE, v),
+ * with Q after RoPE optional: `show: "qk"` with `rope: "post"` draws it when present. A
+ * type-only import, so nothing of model/ runs here and these functions stay embeddable.
  */
-export interface GridCapture {
-  model: string;
-  revision: string;
-  layer: number;
-  tokenIds: number[];
-  /** tokenTexts[t] is the decoded text of token t. */
-  tokenTexts: string[];
-  T: number;
-  H: number;
-  KV: number;
-  HD: number;
-  /** (T, H*HD) as it leaves q_proj (pre-RoPE). */
-  q: Float32Array;
-  /** (T, H*HD) after RoPE; drawn by `show: "qk"` with `rope: "post"` when present. */
-  qRope?: Float32Array;
-  /** (T, KV*HD) as it leaves k_proj (pre-RoPE): the capture point. */
-  k: Float32Array;
-  /** (T, KV*HD) after RoPE. */
-  kRope: Float32Array;
-  /** (T, KV*HD). */
-  v: Float32Array;
-}
+export type GridCapture =
+  & Pick<
+    Capture,
+    "model" | "revision" | "layer" | "tokenIds" | "tokenTexts" | "T" | "H" | "KV" | "HD"
+  >
+  & Pick<Capture, "q" | "k" | "kRope" | "v">
+  & Partial<Pick<Capture, "qRope">>;
 
 /** What to draw. */
 export interface GridOptions {
