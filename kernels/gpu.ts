@@ -313,25 +313,21 @@ export class Gpu {
   }
 
   /**
-   * Submits `encoder` without waiting (the caller waits its own way, e.g. by mapping a
-   * buffer); its parameter blocks are released once the queue has finished it.
+   * Submits `encoder` without waiting and returns the promise of its completion; its
+   * parameter blocks are released once the queue has finished it. A caller that never
+   * awaits the promise loses nothing: a rejection (a lost device) is also seen here.
    */
-  submitAsync(encoder: GPUCommandEncoder): void {
+  submitAsync(encoder: GPUCommandEncoder): Promise<void> {
     this.device.queue.submit([this.finish(encoder)]);
-    this.device.queue.onSubmittedWorkDone().then(
-      () => this.#releaseArenas(encoder),
-      () => {}, // a lost device: nothing left to release
-    );
+    const done = this.device.queue.onSubmittedWorkDone()
+      .finally(() => this.#releaseArenas(encoder));
+    done.catch(() => {}); // handled here too, so an unawaited completion cannot crash a run
+    return done;
   }
 
   /** Submits `encoder` and resolves once the GPU has finished it. */
   async submit(encoder: GPUCommandEncoder): Promise<void> {
-    this.device.queue.submit([this.finish(encoder)]);
-    try {
-      await this.device.queue.onSubmittedWorkDone();
-    } finally {
-      this.#releaseArenas(encoder);
-    }
+    await this.submitAsync(encoder);
     this.throwIfError();
   }
 

@@ -163,14 +163,7 @@ export class LayerSlots {
   ) {}
 
   async setMatrix(key: MatrixKey, name: string, bytes: Uint8Array) {
-    const info = this.tensors.get(name)!;
-    const [N, K] = info.shape;
-    const dtype = info.dtype as WeightDtype;
-    const cur = this.w[key];
-    const m = cur && cur.N === N && cur.K === K && cur.dtype === dtype
-      ? cur
-      : (this.w[key] = allocMatrix(this.gpu, { dtype, N, K, label: key }));
-    await writeMatrix(this.gpu, m, bytes);
+    await writeMatrix(this.gpu, this.#matrix(key, name, bytes.length), bytes);
   }
 
   setVector(key: VectorKey, name: string, bytes: Uint8Array) {
@@ -311,9 +304,7 @@ async function half(
 ): Promise<{ done: Promise<void> }> {
   const enc = gpu.device.createCommandEncoder();
   record(enc);
-  gpu.submitAsync(enc);
-  const done = gpu.device.queue.onSubmittedWorkDone();
-  done.catch(() => {}); // the last half's is never awaited: a lost device must not crash here
+  const done = gpu.submitAsync(enc); // the last half's is never awaited (submitAsync handles that)
   await writes; // queued behind this submit; the next submit carries them to the GPU
   gpu.device.queue.submit([]);
   await prev;
@@ -350,7 +341,7 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
   keepFreedMemory(); // uploads reuse freed staging memory instead of faulting in fresh pages
 
   // 1. Buffers shared by every layer: the layer's weights, scratch activations, RoPE tables,
-  //    capture targets, the residual before the current layer (to re-run it on a NaN).
+  //    capture targets, and a zero residual for the warm-up (a NaN re-run starts from x0).
   const slots = new LayerSlots(gpu, a.tensors);
   // A network source reads ahead enough to keep all its connections busy.
   const ws = new WeightStream(gpu, src, {
