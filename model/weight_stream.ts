@@ -28,6 +28,7 @@
  */
 import type { Gpu } from "../kernels/gpu.ts";
 import type { ByteSource } from "./source/mod.ts";
+import { splitRange } from "./source/pool.ts";
 
 /** One range of a file to land in `dst` at `dstOffset` bytes. */
 export interface StreamJob {
@@ -105,13 +106,14 @@ export class WeightStream {
    * submit on the queue sees all of them, and every submit before still sees the old bytes.
    */
   async upload(jobs: StreamJob[]): Promise<void> {
-    const pieces: StreamJob[] = [];
-    for (const j of jobs) {
-      for (let at = j.begin; at < j.end; at += this.#piece) {
-        const end = Math.min(j.end, at + this.#piece);
-        pieces.push({ ...j, begin: at, end, dstOffset: j.dstOffset + at - j.begin });
-      }
-    }
+    const pieces = jobs.flatMap((j) =>
+      splitRange(j.begin, j.end, this.#piece).map(([begin, end]): StreamJob => ({
+        ...j,
+        begin,
+        end,
+        dstOffset: j.dstOffset + begin - j.begin,
+      }))
+    );
     await Promise.all(pieces.map((p) => this.#one(p)));
     this.#gpu.throwIfError();
   }
