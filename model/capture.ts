@@ -17,7 +17,7 @@ import { checkShapes, type ModelConfig, parseConfigText } from "./config.ts";
 import { GqaError } from "../errors.ts";
 import { type LayerTensors, runForward } from "./forward.ts";
 import type { WeightStreamOptions } from "./weight_stream.ts";
-import { type Plan, planCapture } from "./plan.ts";
+import { checkPrompt, type Plan, planCapture } from "./plan.ts";
 import {
   type ByteSource,
   defaultRangeCacheDir,
@@ -311,7 +311,7 @@ async function prepare(
   // id of the prompt is still checked against the vocabulary (planning reads nothing).
   const ids = opts.firstTokenOnly ? tokenized.ids.slice(0, 1) : tokenized.ids;
   const texts = tokenized.texts;
-  if (ids !== tokenized.ids) planCapture({ config, tensors, layer, tokenIds: tokenized.ids });
+  if (ids !== tokenized.ids) checkPrompt(config, tokenized.ids);
   // A range A..B reads exactly what B alone reads: layers below B are computed anyway.
   const plan = planCapture({ config, tensors, layer, tokenIds: ids });
   log?.(plan.describe(src.name));

@@ -88,26 +88,7 @@ export function planCapture(a: {
 }): Plan {
   const { config: cfg, tensors, layer, tokenIds } = a;
   checkShapes(cfg, tensors, layer);
-  if (tokenIds.length === 0) {
-    throw new GqaError("bad-input", "The prompt has no tokens; give a prompt or --token-ids.");
-  }
-  for (const id of tokenIds) {
-    if (!Number.isSafeInteger(id) || id < 0 || id >= cfg.vocab) {
-      throw new GqaError(
-        "bad-input",
-        `Token id ${id} is outside the model's vocabulary: ids run from 0 to ${cfg.vocab - 1}. ` +
-          "Check --token-ids, or that the tokenizer belongs to this model.",
-      );
-    }
-  }
-  if (cfg.slidingWindow !== undefined && tokenIds.length > cfg.slidingWindow) {
-    throw new GqaError(
-      "unsupported",
-      `The prompt has ${tokenIds.length} tokens, more than the model's sliding attention ` +
-        `window of ${cfg.slidingWindow}, which this tool does not implement; use a shorter ` +
-        "prompt.",
-    );
-  }
+  checkPrompt(cfg, tokenIds);
 
   // Embedding: distinct ids, sorted, runs of adjacent ids coalesced into one read.
   const emb = tensors.get("model.embed_tokens.weight")!;
@@ -157,6 +138,39 @@ export function planCapture(a: {
         `${formatBytes(bytes)} of ${formatBytes(modelBytes)}`;
     },
   };
+}
+
+/**
+ * Refuses a prompt this model cannot run: no tokens, an id outside the vocabulary, or more
+ * tokens than a sliding attention window (not implemented). {@linkcode planCapture} calls
+ * it; a caller that plans for fewer tokens than the prompt has checks the whole prompt here.
+ * @throws GqaError "bad-input" or "unsupported".
+ * @example
+ * ```ts ignore
+ * checkPrompt(config, [128000, 791, 4062]); // returns; [999999] would throw
+ * ```
+ */
+export function checkPrompt(cfg: ModelConfig, tokenIds: number[]): void {
+  if (tokenIds.length === 0) {
+    throw new GqaError("bad-input", "The prompt has no tokens; give a prompt or --token-ids.");
+  }
+  for (const id of tokenIds) {
+    if (!Number.isSafeInteger(id) || id < 0 || id >= cfg.vocab) {
+      throw new GqaError(
+        "bad-input",
+        `Token id ${id} is outside the model's vocabulary: ids run from 0 to ${cfg.vocab - 1}. ` +
+          "Check --token-ids, or that the tokenizer belongs to this model.",
+      );
+    }
+  }
+  if (cfg.slidingWindow !== undefined && tokenIds.length > cfg.slidingWindow) {
+    throw new GqaError(
+      "unsupported",
+      `The prompt has ${tokenIds.length} tokens, more than the model's sliding attention ` +
+        `window of ${cfg.slidingWindow}, which this tool does not implement; use a shorter ` +
+        "prompt.",
+    );
+  }
 }
 
 /**
