@@ -104,11 +104,54 @@ export function parseIntArg(name: string, v: string, min: number): number {
  * ```
  */
 export function parseDimsArg(v: string): { dimStart: number; dims: number } {
+  const range = parseRangeArg("dims", v);
+  if (!range) return { dimStart: 0, dims: parseIntArg("dims", v, 1) };
+  return { dimStart: range[0], dims: range[1] - range[0] + 1 };
+}
+
+/**
+ * "A-B" (two whole numbers) as [A, B], or undefined when `v` is not of that form. A range
+ * that runs downwards is a bad argument for `--name`, answered with the upward one.
+ * @example
+ * ```ts
+ * parseRangeArg("layer", "2-4"); // [2, 4]
+ * parseRangeArg("layer", "7"); // undefined
+ * ```
+ */
+export function parseRangeArg(name: string, v: string): [number, number] | undefined {
   const m = /^\s*(\d+)\s*-\s*(\d+)\s*$/.exec(v);
-  if (!m) return { dimStart: 0, dims: parseIntArg("dims", v, 1) };
-  const [a, b] = [Number(m[1]), Number(m[2])];
-  if (b < a) bad(`--dims ${a}-${b}: the range must run upwards (A ≤ B), e.g. --dims 64-83.`);
-  return { dimStart: a, dims: b - a + 1 };
+  const [a, b] = m ? [Number(m[1]), Number(m[2])] : [NaN, NaN];
+  if (!Number.isSafeInteger(a) || !Number.isSafeInteger(b)) return undefined;
+  if (b < a) {
+    bad(`--${name} ${a}-${b}: the range must run upwards (A ≤ B), e.g. --${name} ${b}-${a}.`);
+  }
+  return [a, b];
+}
+
+/** What `--layer` asks for: the layers, ascending, or "all". */
+export type LayerSpec = number[] | "all";
+
+/**
+ * Parses viz's `--layer`: "N", "A-B" (A ≤ B) or "all". Their range against the model's
+ * layer count is checked once the config is read, before any weight byte.
+ *
+ * @example
+ * ```ts
+ * parseLayerSpec("5"); // [5]
+ * parseLayerSpec("2-4"); // [2, 3, 4]
+ * parseLayerSpec("all"); // "all"
+ * ```
+ */
+export function parseLayerSpec(v: string): LayerSpec {
+  if (v.trim() === "all") return "all";
+  const range = parseRangeArg("layer", v);
+  if (range) return Array.from({ length: range[1] - range[0] + 1 }, (_, i) => range[0] + i);
+  if (/^\s*-\d+\s*$/.test(v)) bad(`--layer must be a whole number ≥ 0, got ${v.trim()}.`);
+  const n = /^\s*\d+\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) {
+    bad(`--layer must be a whole number ≥ 0, a range A-B or "all", got "${v}".`);
+  }
+  return [n];
 }
 
 /**

@@ -26,9 +26,11 @@ import {
   bad,
   type CliIo,
   cliMain,
+  type LayerSpec,
   parseCli,
   parseDimsArg,
   parseIntArg,
+  parseLayerSpec,
   parseTokenIds,
 } from "./_args.ts";
 import type { ModelConfig } from "../model/config.ts";
@@ -103,31 +105,6 @@ export function defaultOutName(model: string, layer: LayerSpec | number): string
     ? `layer_${layer[0]}`
     : `layers_${layer[0]}-${layer[layer.length - 1]}`;
   return `${name.replace(/[^A-Za-z0-9._-]/g, "_")}_${which}_gqa_keys.svg`;
-}
-
-/** What `--layer` asks for: the layers, ascending, or "all". */
-export type LayerSpec = number[] | "all";
-
-/**
- * Parses `--layer`: "N", "A-B" (A ≤ B) or "all".
- *
- * @example
- * ```ts
- * parseLayerSpec("5"); // [5]
- * parseLayerSpec("2-4"); // [2, 3, 4]
- * parseLayerSpec("all"); // "all"
- * ```
- */
-export function parseLayerSpec(v: string): LayerSpec {
-  if (v.trim() === "all") return "all";
-  if (/^\s*-\d+\s*$/.test(v)) bad(`--layer must be a whole number ≥ 0, got ${v.trim()}.`);
-  const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(v);
-  const a = m ? Number(m[1]) : NaN, b = m?.[2] !== undefined ? Number(m[2]) : a;
-  if (!m || !Number.isSafeInteger(a) || !Number.isSafeInteger(b)) {
-    bad(`--layer must be a whole number ≥ 0, a range A-B or "all", got "${v}".`);
-  }
-  if (b < a) bad(`--layer ${v}: the range must run upwards (A ≤ B), e.g. --layer ${b}-${a}.`);
-  return Array.from({ length: b - a + 1 }, (_, i) => a + i);
 }
 
 /** The output kind from the file's extension: .png, .html/.htm, else SVG (as before). */

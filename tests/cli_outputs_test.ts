@@ -5,7 +5,8 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
 import { join } from "node:path";
-import { defaultOutName, parseLayerSpec } from "../scripts/viz.ts";
+import { defaultOutName } from "../scripts/viz.ts";
+import { parseLayerSpec } from "../scripts/_args.ts";
 import { makeTinyModel } from "../scripts/make_tiny_model.ts";
 import { headerLength, parseHeader } from "../model/safetensors.ts";
 import { captureLayer } from "../model/capture.ts";
