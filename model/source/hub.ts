@@ -397,18 +397,13 @@ export class HubSource implements ByteSource {
   }
 
   read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
-    return this.#guard(async () => {
-      const bytes = await this.#read(file, begin, end, into);
-      if (!into || bytes === into) return bytes;
-      into.set(bytes);
-      return into;
-    });
+    return this.#guard(() => this.#read(file, begin, end, into));
   }
 
   async #read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     const info = await this.#must(file);
     checkRange({ file, where: this.name, begin, end, size: info.size });
-    if (begin === end) return new Uint8Array(0);
+    if (begin === end) return into ?? new Uint8Array(0);
     if (info.kind === "hf-cache") {
       const bytes = await readFileRange(info.path, begin, end, into);
       this.stats.bytesFetched += bytes.length;
