@@ -14,6 +14,12 @@
  * measurement. The F16 load variant of the CPU family is a separate, smaller choice made
  * by `chooseMatmulVariant` in matmul.ts; the GPU family always reads F16 packed.
  *
+ * Where the CPU family keeps its weights is chosen the same way, on every adapter that
+ * runs it (fallback ones included: that is where it matters), by
+ * {@linkcode chooseWeightStorage}: the fast-path matmul reading a storage buffer against
+ * the same kernel reading a texture (weight_texture.ts says why that can be 5× faster).
+ * `GQA_VIZ_WEIGHTS=buffer|texture` forces it.
+ *
  * @example
  * ```ts ignore
  * const choice = await chooseKernels(gpu, { cacheDir: "/home/me/.cache/gqa-viz" });
@@ -21,8 +27,11 @@
  * ```
  * @module
  */
-import { type Gpu, type KernelFamily, KERNELS_ENV } from "./gpu.ts";
-import { matmul } from "./matmul.ts";
+import { type Gpu, type KernelFamily, KERNELS_ENV, type WeightStorage } from "./gpu.ts";
+import { allocMatrix, destroyMatrix, type GpuMatrix, matmul } from "./matmul.ts";
+
+/** Environment variable that forces the CPU family's weight storage: `buffer` or `texture`. */
+export const WEIGHTS_ENV = "GQA_VIZ_WEIGHTS";
 
 /** What {@linkcode chooseKernels} decided and why. */
 export interface KernelChoice {
@@ -48,7 +57,18 @@ export interface ChooseOptions {
   reps?: number;
 }
 
-const memory = new Map<string, KernelChoice>();
+/** What {@linkcode chooseWeightStorage} decided and why. */
+export interface StorageChoice {
+  storage: WeightStorage;
+  /** True when timed on this adapter (now or in an earlier run, from the cache). */
+  measured: boolean;
+  /** One sentence: why this storage. */
+  reason: string;
+  /** Milliseconds per matmul from each storage at T = 1 and T = 8, when measured. */
+  ms?: Record<WeightStorage, [number, number]>;
+}
+
+const memory = new Map<string, KernelChoice | StorageChoice>();
 
 /** The key an adapter's choice is cached under: its name and limits that shape kernels. */
 function adapterKey(gpu: Gpu): string {
@@ -61,6 +81,12 @@ function adapterKey(gpu: Gpu): string {
  * family's barriers and 256-invocation workgroups are measured slower (docs/BENCHMARKS.md).
  */
 export async function chooseKernels(gpu: Gpu, opts: ChooseOptions = {}): Promise<KernelChoice> {
+  const c = await chooseFamily(gpu, opts);
+  if (c.family === "cpu") await chooseWeightStorage(gpu, opts);
+  return c;
+}
+
+async function chooseFamily(gpu: Gpu, opts: ChooseOptions): Promise<KernelChoice> {
   const apply = (c: KernelChoice) => {
     gpu.kernels = c.family;
     gpu.kernelsReason = c.reason;
@@ -82,18 +108,54 @@ export async function chooseKernels(gpu: Gpu, opts: ChooseOptions = {}): Promise
     });
   }
   const key = adapterKey(gpu);
-  const file = opts.cacheDir ? `${opts.cacheDir}/kernels.json` : undefined;
-  if (!opts.force) {
-    const cached = memory.get(key) ?? (await readCache(file))[key];
-    if (cached) return apply({ ...cached, reason: cached.reason + " (cached)" });
-  }
-  const c = await measure(gpu, opts);
-  memory.set(key, c);
-  if (file) await writeCache(file, key, c);
-  return apply(c);
+  return apply(await cachedOrMeasured(key, opts, () => measure(gpu, opts)));
 }
 
-async function readCache(file?: string): Promise<Record<string, KernelChoice>> {
+/**
+ * Picks where the CPU family keeps weight matrices on `gpu` (sets `gpu.weightStorage`):
+ * `GQA_VIZ_WEIGHTS` when set, else the cached answer for this adapter, else a measurement
+ * (the fast-path matmul at (2048, 4096) BF16, T = 1 and 8, from a buffer and from a
+ * texture; the texture only if it is at least 5 % faster in total). Matrices allocated
+ * afterwards use it.
+ */
+export async function chooseWeightStorage(
+  gpu: Gpu,
+  opts: ChooseOptions = {},
+): Promise<StorageChoice> {
+  const apply = (c: StorageChoice) => {
+    gpu.weightStorage = c.storage;
+    gpu.weightStorageReason = c.reason;
+    return c;
+  };
+  let env: string | undefined;
+  try {
+    env = Deno.env.get(WEIGHTS_ENV);
+  } catch { /* no env permission */ }
+  if (env === "buffer" || env === "texture") {
+    return apply({ storage: env, measured: false, reason: `forced by ${WEIGHTS_ENV}=${env}` });
+  }
+  const key = adapterKey(gpu) + "|weights";
+  return apply(await cachedOrMeasured(key, opts, () => measureStorage(gpu, opts)));
+}
+
+/** The choice cached under `key` (memory, then `kernels.json`), else `measure()`'s, cached. */
+async function cachedOrMeasured<C extends KernelChoice | StorageChoice>(
+  key: string,
+  opts: ChooseOptions,
+  measure: () => Promise<C>,
+): Promise<C> {
+  const file = opts.cacheDir ? `${opts.cacheDir}/kernels.json` : undefined;
+  if (!opts.force) {
+    const cached = (memory.get(key) ?? (await readCache(file))[key]) as C | undefined;
+    if (cached) return { ...cached, reason: cached.reason + " (cached)" };
+  }
+  const c = await measure();
+  memory.set(key, c);
+  if (file) await writeCache(file, key, c);
+  return c;
+}
+
+async function readCache(file?: string): Promise<Record<string, KernelChoice | StorageChoice>> {
   if (!file) return {};
   try {
     return JSON.parse(await Deno.readTextFile(file));
@@ -102,7 +164,11 @@ async function readCache(file?: string): Promise<Record<string, KernelChoice>> {
   }
 }
 
-async function writeCache(file: string, key: string, c: KernelChoice): Promise<void> {
+async function writeCache(
+  file: string,
+  key: string,
+  c: KernelChoice | StorageChoice,
+): Promise<void> {
   try {
     const all = await readCache(file);
     all[key] = c;
@@ -111,54 +177,67 @@ async function writeCache(file: string, key: string, c: KernelChoice): Promise<v
   } catch { /* a read-only cache folder only costs a measurement next time */ }
 }
 
-/** Times both families at T = 1 and T = 16 and keeps the one with the smaller total. */
-async function measure(gpu: Gpu, opts: ChooseOptions): Promise<KernelChoice> {
-  const N = opts.N ?? 4096, K = opts.K ?? 4096, reps = opts.reps ?? (gpu.isFallback ? 3 : 12);
-  const ws = [0, 1, 2, 3].map((i) => ({
-    buffer: gpu.buffer(N * K * 2, `kernel timing ${i}`), // zeros: valid BF16
-    dtype: "BF16" as const,
-    N,
-    K,
-  }));
-  const x = gpu.buffer(16 * K * 4, "kernel timing x"),
-    y = gpu.buffer(16 * N * 4, "kernel timing y");
+/**
+ * Milliseconds per run of `record` (called `reps` times into one encoder, with the rep's
+ * index): GPU time between two timestamps where the adapter has `timestamp-query`, else
+ * the wall clock of the submit.
+ */
+async function timeRuns(
+  gpu: Gpu,
+  reps: number,
+  record: (enc: GPUCommandEncoder, rep: number) => void,
+): Promise<number> {
   const query = gpu.hasTimestamps
     ? gpu.device.createQuerySet({ type: "timestamp", count: 2 })
     : undefined;
-  const time = async (family: KernelFamily, T: number): Promise<number> => {
-    const enc = gpu.device.createCommandEncoder();
-    if (query) {
-      gpu.beginPass(enc, { timestampWrites: { querySet: query, beginningOfPassWriteIndex: 0 } });
-    }
-    gpu.endPass(enc);
-    for (let r = 0; r < reps; r++) matmul(gpu, enc, { x, w: ws[r % 4], y, T, family });
-    gpu.endPass(enc);
-    if (query) gpu.beginPass(enc, { timestampWrites: { querySet: query, endOfPassWriteIndex: 1 } });
-    const t0 = performance.now();
-    if (!query) {
-      await gpu.submit(enc);
-      return (performance.now() - t0) / reps;
-    }
-    const stamps = gpu.device.createBuffer({
-      size: 16,
-      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
-    });
-    gpu.endPass(enc);
-    enc.resolveQuerySet(query, 0, 2, stamps, 0);
+  const enc = gpu.device.createCommandEncoder();
+  if (query) {
+    gpu.beginPass(enc, { timestampWrites: { querySet: query, beginningOfPassWriteIndex: 0 } });
+  }
+  gpu.endPass(enc);
+  for (let r = 0; r < reps; r++) record(enc, r);
+  gpu.endPass(enc);
+  const t0 = performance.now();
+  if (!query) {
+    await gpu.submit(enc);
+    return (performance.now() - t0) / reps;
+  }
+  gpu.beginPass(enc, { timestampWrites: { querySet: query, endOfPassWriteIndex: 1 } });
+  gpu.endPass(enc);
+  const stamps = gpu.device.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+  });
+  enc.resolveQuerySet(query, 0, 2, stamps, 0);
+  try {
     await gpu.submit(enc);
     const [a, b] = new BigUint64Array(await gpu.readBytes(stamps));
-    stamps.destroy();
     return Number(b - a) / 1e6 / reps;
-  };
+  } finally {
+    stamps.destroy();
+    query.destroy();
+  }
+}
+
+/** Times both families at T = 1 and T = 16 and keeps the one with the smaller total. */
+async function measure(gpu: Gpu, opts: ChooseOptions): Promise<KernelChoice> {
+  const N = opts.N ?? 4096, K = opts.K ?? 4096, reps = opts.reps ?? (gpu.isFallback ? 3 : 12);
+  const ws = [0, 1, 2, 3].map((i) =>
+    allocMatrix(gpu, { dtype: "BF16", N, K, label: `kernel timing ${i}`, storage: "buffer" })
+  ); // zeros: valid BF16
+  const x = gpu.buffer(16 * K * 4, "kernel timing x"),
+    y = gpu.buffer(16 * N * 4, "kernel timing y");
+  const time = (family: KernelFamily, T: number) =>
+    timeRuns(gpu, reps, (enc, r) => matmul(gpu, enc, { x, w: ws[r % 4], y, T, family }));
   const ms = { cpu: [0, 0], gpu: [0, 0] } as Record<KernelFamily, [number, number]>;
   try {
-    for (const f of ["cpu", "gpu"] as const) await time(f, 16); // warm-up: compile, fault in
+    // Warm-up: lavapipe compiles a pipeline at its first dispatch, so run each timed shape once.
+    for (const f of ["cpu", "gpu"] as const) for (const T of [1, 16]) await time(f, T);
     for (const f of ["cpu", "gpu"] as const) ms[f] = [await time(f, 1), await time(f, 16)];
   } finally {
-    for (const w of ws) w.buffer.destroy();
+    for (const w of ws) destroyMatrix(w);
     x.destroy();
     y.destroy();
-    query?.destroy();
   }
   const total = (f: KernelFamily) => ms[f][0] + ms[f][1];
   const family: KernelFamily = total("gpu") < total("cpu") ? "gpu" : "cpu";
@@ -167,7 +246,50 @@ async function measure(gpu: Gpu, opts: ChooseOptions): Promise<KernelChoice> {
     family,
     measured: true,
     ms,
-    reason: `measured ${query ? "with timestamp-query" : "by wall clock"} at (${N}, ${K}) ` +
-      `BF16, T = 1 / 16: gpu family ${fmt("gpu")}, cpu family ${fmt("cpu")}`,
+    reason: `measured ${gpu.hasTimestamps ? "with timestamp-query" : "by wall clock"} at ` +
+      `(${N}, ${K}) BF16, T = 1 / 16: gpu family ${fmt("gpu")}, cpu family ${fmt("cpu")}`,
+  };
+}
+
+/** Times the CPU family's matmul from a buffer and from a texture at T = 1 and T = 8. */
+async function measureStorage(gpu: Gpu, opts: ChooseOptions): Promise<StorageChoice> {
+  const N = opts.N ?? 2048, K = opts.K ?? 4096, reps = opts.reps ?? 3;
+  const kinds = ["buffer", "texture"] as const;
+  const ws: Record<WeightStorage, GpuMatrix[]> = { buffer: [], texture: [] };
+  const x = gpu.buffer(8 * K * 4, "storage timing x"),
+    y = gpu.buffer(8 * N * 4, "storage timing y");
+  const ms = { buffer: [0, 0], texture: [0, 0] } as Record<WeightStorage, [number, number]>;
+  try {
+    for (const storage of kinds) {
+      for (let i = 0; i < 2; i++) {
+        const label = `storage timing ${storage} ${i}`;
+        ws[storage].push(allocMatrix(gpu, { dtype: "BF16", N, K, label, storage }));
+      }
+    }
+    const time = (storage: WeightStorage, T: number) =>
+      timeRuns(
+        gpu,
+        reps,
+        (enc, r) => matmul(gpu, enc, { x, w: ws[storage][r % 2], y, T, family: "cpu" }),
+      );
+    for (const k of kinds) for (const T of [1, 8]) await time(k, T); // warm-up, as above
+    for (const k of kinds) ms[k] = [await time(k, 1), await time(k, 8)];
+  } catch (e) {
+    // A device that cannot make or sample the texture keeps buffers, which always work.
+    return { storage: "buffer", measured: false, reason: `textures failed here (${e})` };
+  } finally {
+    for (const w of [...ws.buffer, ...ws.texture]) destroyMatrix(w);
+    x.destroy();
+    y.destroy();
+  }
+  const total = (k: WeightStorage) => ms[k][0] + ms[k][1];
+  const storage: WeightStorage = total("texture") < 0.95 * total("buffer") ? "texture" : "buffer";
+  const fmt = (k: WeightStorage) => `${ms[k][0].toFixed(2)} / ${ms[k][1].toFixed(2)} ms`;
+  return {
+    storage,
+    measured: true,
+    ms,
+    reason: `measured ${gpu.hasTimestamps ? "with timestamp-query" : "by wall clock"} at ` +
+      `(${N}, ${K}) BF16, T = 1 / 8: buffer ${fmt("buffer")}, texture ${fmt("texture")}`,
   };
 }

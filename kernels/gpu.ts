@@ -15,8 +15,11 @@
  * @module
  */
 
-/** A buffer, or a byte range of one, to bind to a `@binding(i)`. */
-export type Binding = GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number };
+/** A buffer, a byte range of one, or a texture view, to bind to a `@binding(i)`. */
+export type Binding =
+  | GPUBuffer
+  | GPUTextureView
+  | { buffer: GPUBuffer; offset?: number; size?: number };
 
 /**
  * Which kernel family runs on a device: `"cpu"`, the kernels tuned for Mesa's CPU adapters
@@ -24,6 +27,12 @@ export type Binding = GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: n
  * integrated GPUs (wide workgroups, coalesced loads, workgroup-memory tiles).
  */
 export type KernelFamily = "cpu" | "gpu";
+
+/**
+ * Where the CPU family keeps weight matrices: storage buffers, or textures (read with
+ * `textureLoad`; see weight_texture.ts for why). The GPU family always uses buffers.
+ */
+export type WeightStorage = "buffer" | "texture";
 
 /** Environment variable that forces a kernel family on any adapter: `gpu` or `cpu`. */
 export const KERNELS_ENV = "GQA_VIZ_KERNELS";
@@ -99,6 +108,10 @@ export class Gpu {
   kernels: KernelFamily;
   /** One sentence: why {@linkcode kernels} is what it is. */
   kernelsReason: string;
+  /** Where the CPU family keeps new weight matrices; set by `chooseKernels` (choose.ts). */
+  weightStorage: WeightStorage = "buffer";
+  /** One sentence: why {@linkcode weightStorage} is what it is. */
+  weightStorageReason = "not measured yet (chooseKernels in choose.ts measures it)";
   readonly #pipelines = new Map<string, GPUComputePipeline>();
   #firstError: string | null = null;
   /** The compute pass left open on each encoder, so consecutive dispatches share one. */
@@ -189,22 +202,24 @@ export class Gpu {
   }
 
   /**
-   * Writes like {@linkcode write}, in 32 MiB pieces, waiting for each to land. The driver
-   * copies every write into staging memory first; a piece at a time lets it reuse that
-   * memory instead of allocating (and page-faulting) a fresh copy of the whole array:
-   * on lavapipe a 117 MB matrix lands in ~60 ms instead of ~350 ms.
+   * Hands `data` to `write` in 32 MiB pieces (each with its byte offset in `data`), waiting
+   * for each piece to land. The driver copies every write into staging memory first; a piece
+   * at a time lets it reuse that memory instead of allocating (and page-faulting) a fresh
+   * copy of the whole array: on lavapipe a 117 MB matrix lands in ~60 ms instead of ~350 ms.
+   * A hardware adapter's driver stages through its own pool: one write, no waits.
+   * @example
+   * ```ts ignore
+   * await gpu.writeLarge(bytes, (piece, at) => gpu.write(buf, piece, at));
+   * ```
    */
-  async writeLarge(buf: GPUBuffer, data: ArrayBufferView, offset = 0): Promise<void> {
-    if (!this.isFallback) { // a discrete driver stages through its own pool: no waits
-      this.write(buf, data, offset);
-      this.throwIfError();
-      return;
-    }
-    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    const PIECE = 32 << 20;
-    for (let at = 0; at < bytes.byteLength; at += PIECE) {
-      this.write(buf, bytes.subarray(at, at + PIECE), offset + at);
-      if (at + PIECE < bytes.byteLength) {
+  async writeLarge(
+    data: Uint8Array,
+    write: (piece: Uint8Array, byteOffset: number) => void,
+  ): Promise<void> {
+    const PIECE = this.isFallback ? 32 << 20 : Math.max(data.byteLength, 1);
+    for (let at = 0; at < data.byteLength; at += PIECE) {
+      write(data.subarray(at, at + PIECE), at);
+      if (at + PIECE < data.byteLength) {
         this.device.queue.submit([]);
         await this.device.queue.onSubmittedWorkDone();
       }
@@ -263,8 +278,10 @@ export class Gpu {
     const bindGroup = this.device.createBindGroup({
       layout: pipeline.getBindGroupLayout(0),
       entries: bindings.map((b, binding) => {
-        if (!(b instanceof GPUBuffer)) this.#useArena(encoder, b.buffer);
-        return { binding, resource: b instanceof GPUBuffer ? { buffer: b } : b };
+        if (b instanceof GPUBuffer) return { binding, resource: { buffer: b } };
+        if (b instanceof GPUTextureView) return { binding, resource: b };
+        this.#useArena(encoder, b.buffer);
+        return { binding, resource: b };
       }),
     });
     const pass = this.beginPass(encoder);
@@ -460,6 +477,7 @@ const WANTED_LIMITS = [
   "maxComputeWorkgroupStorageSize",
   "maxComputeInvocationsPerWorkgroup",
   "maxComputeWorkgroupSizeX",
+  "maxTextureDimension2D",
 ] as const;
 
 /** Limits WebIDL types as `unsigned long long`; the rest are `unsigned long`. */

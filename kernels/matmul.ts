@@ -59,6 +59,9 @@
  *   At T = 8 an experiment with X made free (constants) reached 55–57 %, one with the
  *   arithmetic removed 67–71 %: both costs matter, and the arithmetic alone caps T = 8
  *   below 60 % on this adapter.
+ * - v5 the same kernel can read W from textures instead (`textureLoad`; see "Texture
+ *   weights"). On an AMD EPYC (Zen 3) VM where lavapipe's buffer reads crawl (read probe
+ *   1.0 GB/s), BF16 (14336, 4096): T = 1 0.99 → 4.75 GB/s, T = 8 0.85 → 2.35 GB/s.
  *
  * ## Why it looks like this (what limits it on lavapipe)
  * lavapipe runs 8 invocations in one 256-bit SIMD register, but a storage-buffer load whose
@@ -71,23 +74,48 @@
  * multiply and an add), i.e. T/4 instructions per weight per lane against ~5 for loading it:
  * at T = 8 the arithmetic alone is ~40 % of the load cost, which is why the ratio to the
  * probe falls with T. On a real GPU both paths are ordinary memory-bound GEMV/GEMM code.
+ *
+ * ## Texture weights
+ * That scalar loop inserts each word into the SIMD register through the stack (store the
+ * register, overwrite one lane, reload it). Where the CPU cannot forward such a store to the
+ * wider reload (Zen 3 here) every load stalls, and the probe drops from ~12 GB/s to ~1 GB/s.
+ * Texel fetches take another road in llvmpipe (gathers, no per-lane loop), so a matrix may
+ * live in `rgba32uint` textures instead: row n is texel row n, k-step s is texel s
+ * (weight_texture.ts has the layout and the writes). {@linkcode allocMatrix} uses
+ * `gpu.weightStorage`, which `chooseKernels` (choose.ts) sets by timing both once per
+ * adapter; the kernel differs only in its loads. The GPU family always reads buffers.
  * @module
  */
-import { type Binding, type Gpu, grid2d, type KernelFamily } from "./gpu.ts";
+import { type Binding, type Gpu, grid2d, type KernelFamily, type WeightStorage } from "./gpu.ts";
 import { gpuMatmulSupports, matmulGpu } from "./matmul_gpu.ts";
 import { DTYPE_BYTES, type WeightDtype } from "./dtype.ts";
 import { GqaError } from "../errors.ts";
+import {
+  allocWeightTextures,
+  TEXEL_BYTES,
+  type TextureLayout,
+  textureLayout,
+  writeWeightTextures,
+} from "./weight_texture.ts";
 
 /** How 16-bit F16 weights are read: packed pairs in u32 words, or native `f16` loads. */
 export type MatmulVariant = "packed" | "f16";
 
-/** A weight matrix W (N, K) on the GPU, bytes exactly as stored in safetensors (row-major). */
-export interface GpuMatrix {
-  buffer: GPUBuffer;
+/** The shape and stored dtype of a weight matrix W (N, K). */
+export interface MatrixShape {
   dtype: WeightDtype;
   N: number;
   K: number;
 }
+
+/**
+ * A weight matrix W (N, K) on the GPU, bytes exactly as stored in safetensors: row-major in
+ * a storage buffer, or row by row in a texture (the CPU family's measured choice on CPUs
+ * where lavapipe reads buffers slowly; see weight_texture.ts and "Texture weights" above).
+ */
+export type GpuMatrix =
+  | MatrixShape & { buffer: GPUBuffer; textures?: undefined }
+  | MatrixShape & { textures: GPUTexture[]; layout: TextureLayout; buffer?: undefined };
 
 /** Arguments of {@linkcode matmul}. */
 export interface MatmulArgs {
@@ -121,8 +149,19 @@ export interface MatmulArgs {
 export interface MatmulPlan {
   path: "fast" | "general";
   variant: MatmulVariant;
-  /** Row chunks [row0, row0 + rows), each bound separately. */
-  chunks: { row0: number; rows: number; offset: number; size: number; wBase: number }[];
+  /**
+   * Row chunks [row0, row0 + rows), each bound separately: a buffer's bytes [offset,
+   * offset + size) with the chunk's first row `wBase` load units in, or weight texture
+   * number `texture`.
+   */
+  chunks: {
+    row0: number;
+    rows: number;
+    offset: number;
+    size: number;
+    wBase: number;
+    texture?: number;
+  }[];
   /** Token passes [t0, t0 + tokens). */
   passes: { t0: number; tokens: number }[];
   /** Rows per invocation and invocations per workgroup. */
@@ -147,6 +186,19 @@ const MAX_RR = 16; // rows per invocation on the fast path
 const GENERAL_TT = 4; // tokens per pass on the general path
 const MAX_UNIFORM_BYTES = 65536; // WebGPU's guaranteed maxUniformBufferBindingSize
 
+/** Options of {@linkcode allocMatrix} and {@linkcode uploadMatrix}. */
+export interface MatrixOptions extends MatrixShape {
+  label?: string;
+  /**
+   * Keep the bytes in a storage buffer or a texture. Default: `gpu.weightStorage` (chosen
+   * by measurement, see choose.ts) where the CPU family's fast path can read the matrix
+   * from a texture, else a buffer. Asking for "texture" where it cannot is an error.
+   */
+  storage?: WeightStorage;
+  /** Rows per weight texture (default and maximum: the device's 2-D texture limit); tests set it low to force several textures. */
+  textureRows?: number;
+}
+
 /**
  * Uploads a weight matrix as stored (F32, F16 or BF16 bytes, row-major (N, K)).
  * @example
@@ -154,29 +206,66 @@ const MAX_UNIFORM_BYTES = 65536; // WebGPU's guaranteed maxUniformBufferBindingS
  * const w = uploadMatrix(gpu, { bytes, dtype: "BF16", N: 1024, K: 4096, label: "k_proj" });
  * ```
  */
-export function uploadMatrix(
-  gpu: Gpu,
-  m: { bytes: Uint8Array; dtype: WeightDtype; N: number; K: number; label?: string },
-): GpuMatrix {
+export function uploadMatrix(gpu: Gpu, m: MatrixOptions & { bytes: Uint8Array }): GpuMatrix {
   checkBytes(m.bytes, m, m.label ?? "matrix");
-  return { buffer: gpu.upload(m.bytes, m.label), dtype: m.dtype, N: m.N, K: m.K };
+  const out = allocMatrix(gpu, m);
+  writeMatrixBytes(gpu, out, m.bytes, 0);
+  return out;
 }
 
 /**
- * Overwrites a matrix's buffer with another matrix of the same shape and dtype (the next
- * layer), in pieces (see {@linkcode Gpu.writeLarge}). The bytes are checked first.
+ * Overwrites a matrix with another matrix of the same shape and dtype (the next layer), in
+ * pieces (see {@linkcode Gpu.writeLarge}). The bytes are checked first.
  */
 export async function writeMatrix(gpu: Gpu, m: GpuMatrix, bytes: Uint8Array): Promise<void> {
-  checkBytes(bytes, m, m.buffer.label || "matrix");
-  await gpu.writeLarge(m.buffer, bytes);
+  checkBytes(bytes, m, matrixLabel(m));
+  await gpu.writeLarge(bytes, (piece, at) => writeMatrixBytes(gpu, m, piece, at));
 }
 
-/** An empty matrix buffer of shape (N, K) and `dtype`, to fill with {@linkcode writeMatrix}. */
-export function allocMatrix(
+/**
+ * Queues a write of `bytes` (the matrix's bytes from `byteOffset` on, as stored) into `m`,
+ * like `queue.writeBuffer`: copied now, seen by the next submit. On a texture both ends
+ * must fall on 16-byte texels (any piece of a split at multiples of 16 does).
+ */
+export function writeMatrixBytes(
   gpu: Gpu,
-  m: { dtype: WeightDtype; N: number; K: number; label?: string },
-): GpuMatrix {
-  return { buffer: gpu.buffer(m.N * m.K * DTYPE_BYTES[m.dtype], m.label), ...m };
+  m: GpuMatrix,
+  bytes: Uint8Array,
+  byteOffset: number,
+): void {
+  if (m.textures) writeWeightTextures(gpu, m.textures, m.layout, bytes, byteOffset);
+  // Writes move whole 4-byte words: a matrix of odd 16-bit length lands with 2 bytes of
+  // padding, which every buffer has (sizes are rounded up to 4).
+  else gpu.write(m.buffer, bytes, byteOffset);
+}
+
+/** An empty matrix of shape (N, K) and `dtype`, to fill with {@linkcode writeMatrix}. */
+export function allocMatrix(gpu: Gpu, m: MatrixOptions): GpuMatrix {
+  const shape = { dtype: m.dtype, N: m.N, K: m.K };
+  const layout = fastPathFits(gpu, m.K) ? textureLayout(gpu, shape, m.textureRows) : null;
+  if (m.storage === "texture" && !layout) {
+    throw new GqaError(
+      "unsupported",
+      `${m.label ?? "matrix"}: a ${m.dtype} (${m.N}, ${m.K}) matrix cannot be kept in a ` +
+        `texture on ${gpu.adapterName} (the CPU family's fast path needs K % 8 == 0 and K ≤ ` +
+        `16384, and the rows must fit the device's texture limits); use storage "buffer".`,
+    );
+  }
+  const storage = m.storage ?? (gpu.kernels === "cpu" ? gpu.weightStorage : "buffer");
+  if (storage === "texture" && layout) {
+    return { ...shape, textures: allocWeightTextures(gpu, layout, m.label), layout };
+  }
+  return { ...shape, buffer: gpu.buffer(m.N * m.K * DTYPE_BYTES[m.dtype], m.label) };
+}
+
+/** Frees a matrix's buffer or textures. */
+export function destroyMatrix(m: GpuMatrix): void {
+  if (m.textures) { for (const t of m.textures) t.destroy(); }
+  else m.buffer.destroy();
+}
+
+function matrixLabel(m: GpuMatrix): string {
+  return (m.textures ? m.textures[0].label : m.buffer.label) || "matrix";
 }
 
 function checkBytes(
@@ -222,9 +311,10 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
         `shader-f16; use variant "packed" or leave it unset.`,
     );
   }
-  // Family hook: the GPU family (matmul_gpu.ts) on hardware adapters or when forced.
-  if ((a.family ?? gpu.kernels) === "gpu" && gpuMatmulSupports(w)) {
-    return matmulGpu(gpu, encoder, a);
+  // Family hook: the GPU family (matmul_gpu.ts) on hardware adapters or when forced. It
+  // reads buffers only; a matrix kept in a texture runs the CPU family's kernel.
+  if ((a.family ?? gpu.kernels) === "gpu" && w.buffer && gpuMatmulSupports(w)) {
+    return matmulGpu(gpu, encoder, { ...a, w });
   }
   const plan = planMatmul(gpu, a);
   if (T * N * 4 > gpu.maxBindingBytes) {
@@ -243,12 +333,15 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
   if (plan.path === "fast") {
     const xRows = stageX(gpu, encoder, a.x, T, K);
     for (const c of plan.chunks) {
-      const wBind: Binding = { buffer: w.buffer, offset: c.offset, size: c.size };
+      const wBind: Binding = w.textures
+        ? w.textures[c.texture!].createView()
+        : { buffer: w.buffer, offset: c.offset, size: c.size };
       const groups = warm ? 1 : Math.ceil(Math.ceil(c.rows / RR) / WG);
       for (const p of plan.passes) {
         const code = fastShader({
           dtype: w.dtype,
           variant: plan.variant,
+          weights: w.textures ? "texture" : "buffer",
           K,
           TT: p.tokens,
           RR,
@@ -275,7 +368,7 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
     }
     const xBind: Binding = { buffer: a.x, size: T * K * 4 };
     for (const c of plan.chunks) {
-      const wBind: Binding = { buffer: w.buffer, offset: c.offset, size: c.size };
+      const wBind: Binding = { buffer: w.buffer!, offset: c.offset, size: c.size };
       const groups = warm ? 1 : Math.ceil(c.rows / WG);
       for (const p of plan.passes) {
         const code = generalShader({ dtype: w.dtype, TT: p.tokens, bias: !!a.bias });
@@ -303,6 +396,15 @@ function checkSize(buf: GPUBuffer, bytes: number, what: string, shape: string): 
 }
 
 /**
+ * Whether the fast path can run reduction width K on `gpu`: whole k-steps of 8 weights and
+ * one X row in a uniform binding (K ≤ 16384 at WebGPU's guaranteed 64 KiB).
+ */
+function fastPathFits(gpu: Gpu, K: number): boolean {
+  const uniformLimit = Math.min(gpu.device.limits.maxUniformBufferBindingSize, MAX_UNIFORM_BYTES);
+  return K % 8 === 0 && K * 4 <= uniformLimit;
+}
+
+/**
  * How {@linkcode matmul} would run these arguments: path, variant, row chunks, token passes.
  * Tests use it to check that a forced split really splits; the bench prints it.
  */
@@ -312,12 +414,8 @@ export function planMatmul(
 ): MatmulPlan {
   const { dtype, N, K } = a.w;
   const B = DTYPE_BYTES[dtype];
-  const uniformLimit = Math.min(
-    gpu.device.limits.maxUniformBufferBindingSize,
-    MAX_UNIFORM_BYTES,
-  );
-  const fast = K % 8 === 0 && K * 4 <= uniformLimit;
-  const variant: MatmulVariant = dtype === "F16"
+  const fast = fastPathFits(gpu, K);
+  const variant: MatmulVariant = dtype === "F16" && !a.w.textures
     ? (a.variant ?? matmulVariantInfo(gpu).variant)
     : "packed";
   const path = fast ? "fast" : "general";
@@ -328,8 +426,18 @@ export function planMatmul(
   const passes: MatmulPlan["passes"] = [];
   for (let t0 = 0; t0 < a.T; t0 += maxTT) passes.push({ t0, tokens: Math.min(maxTT, a.T - t0) });
 
-  // Row chunks: each binding starts at an aligned offset at or before the chunk's first
-  // byte and covers the chunk's rows; the kernel skips the remainder (wBase).
+  // Row chunks. Textures: one chunk each. A buffer: each binding starts at an aligned
+  // offset at or before the chunk's first byte and covers the chunk's rows; the kernel
+  // skips the remainder (wBase).
+  const chunks: MatmulPlan["chunks"] = [];
+  if (a.w.textures) {
+    if (!fast) throw new GqaError("unsupported", `matmul: K = ${K} cannot be read from a texture.`);
+    const R = a.w.layout.rowsPerTexture;
+    for (let row0 = 0; row0 < N; row0 += R) {
+      const rows = Math.min(R, N - row0);
+      chunks.push({ row0, rows, offset: 0, size: 0, wBase: 0, texture: row0 / R });
+    }
+  }
   const limit = Math.min(a.maxBindingBytes ?? gpu.maxBindingBytes, gpu.maxBindingBytes);
   const align = gpu.bindAlign;
   const rowBytes = K * B;
@@ -342,9 +450,8 @@ export function planMatmul(
     );
   }
   const unit = path === "general" ? B : (dtype === "F16" && variant === "f16" ? 8 : 16);
-  const chunks: MatmulPlan["chunks"] = [];
   const total = Math.ceil((N * rowBytes) / 4) * 4; // buffer bytes (uploads pad to 4)
-  for (let row0 = 0; row0 < N; row0 += rowsPerChunk) {
+  for (let row0 = 0; row0 < N && !a.w.textures; row0 += rowsPerChunk) {
     const rows = Math.min(rowsPerChunk, N - row0);
     const start = row0 * rowBytes;
     const offset = Math.floor(start / align) * align;
@@ -429,6 +536,8 @@ export function fastShader(
   s: {
     dtype: WeightDtype;
     variant: MatmulVariant;
+    /** Where W is read from (default "buffer"); a texture is always read packed. */
+    weights?: "buffer" | "texture";
     K: number;
     TT: number;
     RR: number;
@@ -437,33 +546,10 @@ export function fastShader(
   },
 ): string {
   const { dtype, K, TT, RR, WG, bias } = s;
-  const native = dtype === "F16" && s.variant === "f16";
+  const tex = s.weights === "texture";
+  const native = dtype === "F16" && s.variant === "f16" && !tex;
   const steps = K / 8; // k-steps of 8 weights per row
-  // W load units per row and the WGSL to load one k-step (8 weights) of row r as two vec4s:
-  // `lo`/`hi` for 16-bit packed (even/odd k), `wa`/`wb` (k 0-3, 4-7) otherwise.
-  let wDecl: string, perRow: number, helpers = "", loadRow: (r: number) => string;
-  if (dtype === "F32" || native) {
-    const elem = native ? "vec4<f16>" : "vec4<f32>";
-    wDecl = `var<storage, read> w: array<${elem}>; // W chunk: 4 weights per element`;
-    perRow = K / 4;
-    const cvt = (e: string) => (native ? `vec4<f32>(${e})` : e);
-    loadRow = (r) =>
-      `let wa${r} = ${cvt(`w[w${r} + 2u * s]`)}; let wb${r} = ${cvt(`w[w${r} + 2u * s + 1u]`)};`;
-  } else {
-    wDecl = `var<storage, read> w: array<vec4<u32>>; // W chunk: 8 weights per element`;
-    perRow = K / 8;
-    helpers = dtype === "BF16"
-      ? `// BF16 is the high half of an f32: shift the low half up, mask the high half.
-fn lo(u: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>(u << vec4<u32>(16u)); }
-fn hi(u: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>(u & vec4<u32>(0xffff0000u)); }`
-      : `fn lo(u: vec4<u32>) -> vec4<f32> {
-  return vec4<f32>(unpack2x16float(u.x).x, unpack2x16float(u.y).x, unpack2x16float(u.z).x, unpack2x16float(u.w).x);
-}
-fn hi(u: vec4<u32>) -> vec4<f32> {
-  return vec4<f32>(unpack2x16float(u.x).y, unpack2x16float(u.y).y, unpack2x16float(u.z).y, unpack2x16float(u.w).y);
-}`;
-    loadRow = (r) => `let u${r} = w[w${r} + s]; let lo${r} = lo(u${r}); let hi${r} = hi(u${r});`;
-  }
+  const { wDecl, perRow, helpers, loadRow, rowStart } = weightReads(dtype, K, tex, native);
   const packed = !(dtype === "F32" || native);
   const rows = [...Array(RR).keys()], toks = [...Array(TT).keys()];
   const xDecls = toks.map((t) =>
@@ -487,7 +573,9 @@ fn hi(u: vec4<u32>) -> vec4<f32> {
         : `a${r}_${t} += dot(wa${r}, xa${t}) + dot(wb${r}, xb${t});`
     ).join(" ")
   );
-  return `// matmul fast path (v4): W ${dtype}${native ? " read as f16" : ""}, K = ${K}, ` +
+  return `// matmul fast path (v5): W ${dtype}${native ? " read as f16" : ""}${
+    tex ? " from a texture" : ""
+  }, K = ${K}, ` +
     `${TT} token(s) x ${RR} row(s) per invocation${bias ? ", bias" : ""}
 ${native ? "enable f16;\n" : ""}${PARAMS}
 @group(0) @binding(1) ${wDecl}
@@ -506,7 +594,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let n0 = inv * ${RR}u;                    // first row of this invocation (chunk-local)
   if (n0 >= p.rows) { return; }
   let last = p.rows - 1u;                   // rows past the end re-read the last row; not stored
-  ${rows.map((r) => `let w${r} = p.wBase + min(n0 + ${r}u, last) * PER_ROW;`).join("\n  ")}
+  ${rows.map(rowStart).join("\n  ")}
   ${rows.map((r) => toks.map((t) => `var a${r}_${t} = 0.0;`).join(" ")).join("\n  ")}
   for (var s = 0u; s < STEPS; s++) {
     ${xLoads.join("\n    ")}
@@ -527,6 +615,54 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 `;
+}
+
+/**
+ * How the fast path reads W: its binding, W elements per row, decode helpers, the WGSL that
+ * loads k-step `s` of row r as two vec4s (`lo`/`hi` for 16-bit packed: even/odd k;
+ * `wa`/`wb`: k 0-3, 4-7 otherwise), and where row r starts.
+ */
+function weightReads(dtype: WeightDtype, K: number, tex: boolean, native: boolean) {
+  let wDecl: string, perRow: number, helpers = "", loadRow: (r: number) => string;
+  if (tex) {
+    // Row r's k-step s is texel (s, row) (F32: texels 2s and 2s + 1); see weight_texture.ts.
+    wDecl = `var w: texture_2d<u32>; // W chunk: texel row n = row n, 16 bytes per texel`;
+    perRow = (K * DTYPE_BYTES[dtype]) / TEXEL_BYTES;
+    const at = (x: string, r: number) => `textureLoad(w, vec2<u32>(${x}, row${r}), 0)`;
+    loadRow = dtype === "F32"
+      ? (r) =>
+        `let wa${r} = bitcast<vec4<f32>>(${at("2u * s", r)}); ` +
+        `let wb${r} = bitcast<vec4<f32>>(${at("2u * s + 1u", r)});`
+      : (r) => `let u${r} = ${at("s", r)}; let lo${r} = lo(u${r}); let hi${r} = hi(u${r});`;
+  } else if (dtype === "F32" || native) {
+    const elem = native ? "vec4<f16>" : "vec4<f32>";
+    wDecl = `var<storage, read> w: array<${elem}>; // W chunk: 4 weights per element`;
+    perRow = K / 4;
+    const cvt = (e: string) => (native ? `vec4<f32>(${e})` : e);
+    loadRow = (r) =>
+      `let wa${r} = ${cvt(`w[w${r} + 2u * s]`)}; let wb${r} = ${cvt(`w[w${r} + 2u * s + 1u]`)};`;
+  } else {
+    wDecl = `var<storage, read> w: array<vec4<u32>>; // W chunk: 8 weights per element`;
+    perRow = K / 8;
+    loadRow = (r) => `let u${r} = w[w${r} + s]; let lo${r} = lo(u${r}); let hi${r} = hi(u${r});`;
+  }
+  if (dtype !== "F32" && !native) {
+    helpers = dtype === "BF16"
+      ? `// BF16 is the high half of an f32: shift the low half up, mask the high half.
+fn lo(u: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>(u << vec4<u32>(16u)); }
+fn hi(u: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>(u & vec4<u32>(0xffff0000u)); }`
+      : `fn lo(u: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(unpack2x16float(u.x).x, unpack2x16float(u.y).x, unpack2x16float(u.z).x, unpack2x16float(u.w).x);
+}
+fn hi(u: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(unpack2x16float(u.x).y, unpack2x16float(u.y).y, unpack2x16float(u.z).y, unpack2x16float(u.w).y);
+}`;
+  }
+  const rowStart = (r: number) =>
+    tex
+      ? `let row${r} = min(n0 + ${r}u, last);`
+      : `let w${r} = p.wBase + min(n0 + ${r}u, last) * PER_ROW;`;
+  return { wDecl, perRow, helpers, loadRow, rowStart };
 }
 
 /** Source of the general-path kernel: any K, element addressing, X from storage. */

@@ -27,7 +27,13 @@
  */
 import type { Gpu } from "../kernels/gpu.ts";
 import { decodeWeights, DTYPE_BYTES, type WeightDtype } from "../kernels/dtype.ts";
-import { allocMatrix, type GpuMatrix, matmul, writeMatrix } from "../kernels/matmul.ts";
+import {
+  allocMatrix,
+  destroyMatrix,
+  type GpuMatrix,
+  matmul,
+  writeMatrix,
+} from "../kernels/matmul.ts";
 import { rope, ropeTables } from "../kernels/rope.ts";
 import { rmsnorm } from "../kernels/rmsnorm.ts";
 import { attention } from "../kernels/attention.ts";
@@ -188,7 +194,7 @@ export class LayerSlots {
       if (key === undefined) continue;
       if (MATRIX_KEYS.includes(key as MatrixKey)) {
         const m = this.#matrix(key as MatrixKey, r.tensor, r.end - r.begin);
-        jobs.push({ file: r.file, begin: r.begin, end: r.end, dst: m.buffer, dstOffset: 0 });
+        jobs.push({ file: r.file, begin: r.begin, end: r.end, dst: m, dstOffset: 0 });
       } else {
         vectors.push(
           src.read(r.file, r.begin, r.end).then((b) =>
@@ -228,9 +234,9 @@ export class LayerSlots {
       );
     }
     const cur = this.w[key];
-    return cur && cur.N === N && cur.K === K && cur.dtype === dtype
-      ? cur
-      : (this.w[key] = allocMatrix(this.gpu, { dtype, N, K, label: key }));
+    if (cur && cur.N === N && cur.K === K && cur.dtype === dtype) return cur;
+    if (cur) destroyMatrix(cur);
+    return this.w[key] = allocMatrix(this.gpu, { dtype, N, K, label: key });
   }
 
   /** Writes layer l's weights from `bytes` (only those present: layer L has q/k/v only). */

@@ -3,7 +3,7 @@
  * pieces: no host copy of a whole tensor, let alone of a layer.
  *
  * ```
- *  source ──read piece (≤ 16 MiB)──► host piece i ──writeBuffer──► weight buffer (queued)
+ *  source ──read piece (≤ 16 MiB)──► host piece i ──write──► weight buffer or texture (queued)
  *            4 pieces in flight          free again at once: writeBuffer copies the bytes
  * ```
  *
@@ -27,21 +27,22 @@
  * @module
  */
 import type { Gpu } from "../kernels/gpu.ts";
+import { type GpuMatrix, writeMatrixBytes } from "../kernels/matmul.ts";
 import type { ByteSource } from "./source/mod.ts";
 import { splitRange } from "./source/pool.ts";
 
-/** One range of a file to land in `dst` at `dstOffset` bytes. */
+/** One range of a file to land in matrix `dst` at its byte `dstOffset` (as stored). */
 export interface StreamJob {
   file: string;
   begin: number;
   end: number;
-  dst: GPUBuffer;
+  dst: GpuMatrix;
   dstOffset: number;
 }
 
 /** Options of {@linkcode WeightStream}. */
 export interface WeightStreamOptions {
-  /** Bytes per piece (default 16 MiB; rounded up to a multiple of 4). */
+  /** Bytes per piece (default 16 MiB; rounded up to a multiple of 16). */
   pieceBytes?: number;
   /** Bytes of host pieces in all (default 64 MiB): how many reads may be in flight. */
   ringBytes?: number;
@@ -60,7 +61,7 @@ const MAX_PIECES = 32;
  * @example
  * ```ts ignore
  * const ws = new WeightStream(gpu, src);
- * await ws.upload([{ file, begin, end, dst: matrix.buffer, dstOffset: 0 }]); // writes queued
+ * await ws.upload([{ file, begin, end, dst: matrix, dstOffset: 0 }]); // writes queued
  * await gpu.run((enc) => decoderLayer(gpu, enc, args)); // this submit sees the bytes
  * ws.destroy();
  * ```
@@ -77,7 +78,8 @@ export class WeightStream {
   constructor(gpu: Gpu, src: ByteSource, opts: WeightStreamOptions = {}) {
     this.#gpu = gpu;
     this.#src = src;
-    this.#piece = Math.ceil((opts.pieceBytes ?? DEFAULT_PIECE_BYTES) / 4) * 4;
+    // Pieces are whole 16-byte texels, so a piece may land in a weight texture too.
+    this.#piece = Math.ceil((opts.pieceBytes ?? DEFAULT_PIECE_BYTES) / 16) * 16;
     const ring = Math.floor((opts.ringBytes ?? DEFAULT_RING_BYTES) / this.#piece);
     this.#max = Math.max(1, Math.min(MAX_PIECES, ring));
   }
@@ -125,9 +127,7 @@ export class WeightStream {
     try {
       const bytes = host.subarray(0, n);
       await this.#src.read(p.file, p.begin, p.end, bytes);
-      // Writes move whole 4-byte words: a tensor of odd 16-bit length lands with 2 bytes
-      // of padding, which every buffer has (sizes are rounded up to 4).
-      this.#gpu.write(p.dst, host.subarray(0, Math.ceil(n / 4) * 4), p.dstOffset);
+      writeMatrixBytes(this.#gpu, p.dst, bytes, p.dstOffset);
     } finally {
       this.#release(host);
     }

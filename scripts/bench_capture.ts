@@ -30,7 +30,8 @@
  */
 import { parseArgs } from "node:util";
 import { captureLayer } from "../model/capture.ts";
-import { openSource } from "../model/source/mod.ts";
+import { defaultRangeCacheDir, openSource } from "../model/source/mod.ts";
+import { chooseKernels } from "../kernels/choose.ts";
 import { parseConfigText } from "../model/config.ts";
 import { loadTensorIndex } from "../model/tensors.ts";
 import { planCapture } from "../model/plan.ts";
@@ -63,6 +64,7 @@ async function one(dir: string, layer: number, out?: string): Promise<void> {
   const t0 = performance.now();
   const gpu = await requestGpu();
   if (!gpu) throw new Error("no WebGPU adapter");
+  await chooseKernels(gpu, { cacheDir: defaultRangeCacheDir() }); // as viz.ts does
   const cap = await captureLayer({ model: dir, layer, tokenIds: TOKENS, gpu, progress: false });
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuSeconds() - cpu0;
@@ -202,9 +204,11 @@ async function readOnly(dir: string, layer: number) {
 async function breakdown(dir: string, layer: number, runs: number): Promise<void> {
   const gpu = await requestGpu();
   if (!gpu) throw new Error("no WebGPU adapter");
+  await chooseKernels(gpu, { cacheDir: defaultRangeCacheDir() });
   console.log(
     `adapter: ${gpu.adapterName} (shader-f16: ${gpu.hasF16}; ${gpu.kernels} kernels: ` +
-      `${gpu.kernelsReason}); load ${load()}`,
+      `${gpu.kernelsReason}; weights in ${gpu.weightStorage}s: ${gpu.weightStorageReason}); ` +
+      `load ${load()}`,
   );
 
   // 1. Read only: every planned byte, in plan order, no GPU.

@@ -29,6 +29,7 @@ import {
   type MatmulVariant,
   matmulVariantInfo,
   planMatmul,
+  destroyMatrix,
   uploadMatrix,
 } from "../kernels/matmul.ts";
 import {
@@ -141,7 +142,7 @@ for (const family of FAMILIES) {
         );
         Deno.exit(1);
       }
-      m.buffer.destroy();
+      destroyMatrix(m);
     }
   }
 }
@@ -199,7 +200,7 @@ for (const [N, K] of SHAPES) {
       x.destroy();
       y.destroy();
     }
-    for (const m of mats) m.buffer.destroy();
+    for (const m of mats) destroyMatrix(m);
   }
 }
 for (const b of probeBufs) b.destroy();

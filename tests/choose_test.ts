@@ -1,11 +1,12 @@
 /**
- * Tests of the kernel-family choice: kernels/choose.ts (timing, cache, the environment
- * switch) and the pieces of kernels/gpu.ts it rests on (the default family, clamped limits).
+ * Tests of the kernel-family and weight-storage choices: kernels/choose.ts (timing, cache,
+ * the environment switches) and the pieces of kernels/gpu.ts they rest on (the default
+ * family, clamped limits).
  */
 import assert from "node:assert/strict";
-import { chooseKernels } from "../kernels/choose.ts";
+import { chooseKernels, chooseWeightStorage, WEIGHTS_ENV } from "../kernels/choose.ts";
 import { clampLimits, defaultKernelFamily, KERNELS_ENV } from "../kernels/gpu.ts";
-import { gpuTest } from "./_helpers.ts";
+import { gpuTest, withEnv } from "./_helpers.ts";
 
 /** Runs `fn` with `GQA_VIZ_KERNELS` set to `value` (or unset), restoring it after. */
 async function withKernelsEnv<T>(value: string | undefined, fn: () => Promise<T> | T) {
@@ -61,7 +62,7 @@ gpuTest(
       assert.ok(c.ms && c.ms.cpu.every((t) => t > 0) && c.ms.gpu.every((t) => t > 0), c.reason);
       assert.equal(gpu.kernels, c.family);
       const file = JSON.parse(await Deno.readTextFile(`${cacheDir}/kernels.json`));
-      const [key] = Object.keys(file);
+      const key = Object.keys(file).find((k) => !k.endsWith("|weights"))!;
       assert.ok(key.startsWith(gpu.adapterName), key);
       assert.equal(file[key].family, c.family);
       const forced = await withKernelsEnv("gpu", () => chooseKernels(gpu, { cacheDir }));
@@ -70,6 +71,43 @@ gpuTest(
       assert.equal(gpu.kernels, "gpu");
     } finally {
       [gpu.kernels, gpu.kernelsReason] = before;
+      await Deno.remove(cacheDir, { recursive: true });
+    }
+  },
+);
+
+gpuTest(
+  "chooseWeightStorage() times buffer against texture, sets gpu.weightStorage, caches it; GQA_VIZ_WEIGHTS forces it",
+  async (gpu) => {
+    const before = [gpu.weightStorage, gpu.weightStorageReason] as const;
+    const cacheDir = await Deno.makeTempDir();
+    try {
+      const c = await withEnv(
+        { [WEIGHTS_ENV]: undefined },
+        () => chooseWeightStorage(gpu, { force: true, cacheDir, N: 64, K: 512, reps: 2 }),
+      );
+      assert.equal(c.measured, true, c.reason);
+      const ms = c.ms!;
+      assert.ok(ms.buffer.every((t) => t > 0) && ms.texture.every((t) => t > 0), c.reason);
+      // The rule: texture only when its total is at least 5 % below the buffer's.
+      const texture = ms.texture[0] + ms.texture[1] < 0.95 * (ms.buffer[0] + ms.buffer[1]);
+      assert.equal(c.storage, texture ? "texture" : "buffer");
+      assert.equal(gpu.weightStorage, c.storage);
+      const file = JSON.parse(await Deno.readTextFile(`${cacheDir}/kernels.json`));
+      const key = Object.keys(file).find((k) => k.endsWith("|weights"))!;
+      assert.ok(key.startsWith(gpu.adapterName), key);
+      assert.equal(file[key].storage, c.storage);
+      const again = await withEnv(
+        { [WEIGHTS_ENV]: undefined },
+        () => chooseWeightStorage(gpu, { cacheDir }),
+      );
+      assert.deepEqual([again.storage, again.reason], [c.storage, c.reason + " (cached)"]);
+      for (const forced of ["buffer", "texture"] as const) {
+        const f = await withEnv({ [WEIGHTS_ENV]: forced }, () => chooseWeightStorage(gpu));
+        assert.deepEqual([f.storage, f.measured, gpu.weightStorage], [forced, false, forced]);
+      }
+    } finally {
+      [gpu.weightStorage, gpu.weightStorageReason] = before;
       await Deno.remove(cacheDir, { recursive: true });
     }
   },

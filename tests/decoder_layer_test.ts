@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { encodeWeights, roundTo, type WeightDtype } from "../kernels/dtype.ts";
-import type { Gpu, KernelFamily } from "../kernels/gpu.ts";
+import type { Gpu, KernelFamily, WeightStorage } from "../kernels/gpu.ts";
 import { uploadMatrix } from "../kernels/matmul.ts";
 import { ropeTables } from "../kernels/rope.ts";
 import {
@@ -80,30 +80,40 @@ function uploadLayer(gpu: Gpu, w: RefLayer, dtype: WeightDtype): LayerWeights {
 
 /**
  * One case of the layer test: T tokens, the weights' dtype, q/k/v biases or not, the kernel
- * family, and a binding limit that forces chunks.
+ * family (and for the CPU family where its weights live), and a binding limit that forces
+ * chunks.
  */
 interface LayerCase {
   T: number;
   dtype: WeightDtype;
   bias: boolean;
   family: KernelFamily;
+  storage?: WeightStorage;
   maxBindingBytes?: number;
 }
 
+/** Every way a layer can run: the GPU family, and the CPU family from buffers and from textures. */
+const RUNS = [
+  { family: "cpu", storage: "buffer" },
+  { family: "cpu", storage: "texture" },
+  { family: "gpu" },
+] as const;
+
 async function runLayer(gpu: Gpu, rng: Rng, a: LayerCase) {
-  const before = gpu.kernels;
+  const before = [gpu.kernels, gpu.weightStorage] as const;
   gpu.kernels = a.family; // what GQA_VIZ_KERNELS does for a whole run
+  gpu.weightStorage = a.storage ?? "buffer"; // and GQA_VIZ_WEIGHTS
   try {
     return await runLayerOnce(gpu, rng, a);
   } finally {
-    gpu.kernels = before;
+    [gpu.kernels, gpu.weightStorage] = before;
   }
 }
 
 async function runLayerOnce(
   gpu: Gpu,
   rng: Rng,
-  a: Omit<LayerCase, "family">,
+  a: Omit<LayerCase, "family" | "storage">,
 ) {
   const dims: LayerDims = { ...CFG, T: a.T };
   const wRef = randomLayer(rng, a.dtype, a.bias);
@@ -149,12 +159,12 @@ for (
   ] as const
 ) {
   gpuTest(
-    `decoderLayer() matches the float64 reference layer for both kernel families (T=${T}, ${dtype}${
+    `decoderLayer() matches the float64 reference layer for both kernel families and weight storages (T=${T}, ${dtype}${
       bias ? ", q/k/v bias" : ""
     }${maxBindingBytes ? ", chunked past one binding" : ""})`,
     async (gpu, rng) => {
-      for (const family of ["cpu", "gpu"] as const) {
-        await checkLayer(gpu, rng, { T, dtype, bias, family, maxBindingBytes });
+      for (const run of RUNS) {
+        await checkLayer(gpu, rng, { T, dtype, bias, ...run, maxBindingBytes });
       }
     },
   );
@@ -167,7 +177,7 @@ async function checkLayer(
 ): Promise<void> {
   const r = await runLayer(gpu, rng, a);
   const tol = 1e-4;
-  const f = `${a.family} family:`;
+  const f = `${a.family} family${a.storage ? ` (weights in ${a.storage}s)` : ""}:`;
   assertClose(r.q, r.ref.q, tol, `${f} q at the capture point`);
   assertClose(r.k, r.ref.k, tol, `${f} k at the capture point`);
   assertClose(r.kRope, r.ref.kRope, tol, `${f} k after RoPE`);

@@ -6,7 +6,9 @@
  */
 import { assertClose, gpuTest, type Rng } from "./_helpers.ts";
 import {
+  allocMatrix,
   chooseMatmulVariant,
+  destroyMatrix,
   matmul,
   type MatmulArgs,
   matmulRef,
@@ -15,9 +17,10 @@ import {
   planMatmul,
   uploadMatrix,
   writeMatrix,
+  writeMatrixBytes,
 } from "../kernels/matmul.ts";
 import { decodeWeights, encodeWeights, type WeightDtype } from "../kernels/dtype.ts";
-import type { Gpu, KernelFamily } from "../kernels/gpu.ts";
+import type { Gpu, KernelFamily, WeightStorage } from "../kernels/gpu.ts";
 import { GEMV_MAX_T, planMatmulGpu } from "../kernels/matmul_gpu.ts";
 import { GqaError } from "../errors.ts";
 import assert from "node:assert/strict";
@@ -52,6 +55,8 @@ interface Case {
   maxBindingBytes?: number;
   gridLimit?: number;
   family?: KernelFamily;
+  storage?: WeightStorage;
+  textureRows?: number;
 }
 
 const FAMILIES: KernelFamily[] = ["cpu", "gpu"];
@@ -62,7 +67,14 @@ async function check(gpu: Gpu, rng: Rng, c: Case): Promise<void> {
   const w = randomMatrix(rng, N, K, dtype);
   const x = uniforms(rng, T * K, 2);
   const bias = c.bias ? uniforms(rng, N, 1) : undefined;
-  const m = uploadMatrix(gpu, { bytes: w.bytes, dtype, N, K });
+  const m = uploadMatrix(gpu, {
+    bytes: w.bytes,
+    dtype,
+    N,
+    K,
+    storage: c.storage ?? "buffer",
+    textureRows: c.textureRows,
+  });
   const y = gpu.poisoned(T * N); // (T, N) NaN: any element the kernel misses stays NaN
   const args: MatmulArgs = {
     x: gpu.upload(x),
@@ -79,9 +91,10 @@ async function check(gpu: Gpu, rng: Rng, c: Case): Promise<void> {
   const got = await gpu.read(y, 0, T * N * 4);
   const what = `T=${T} N=${N} K=${K} ${dtype} ${c.variant ?? "default"}${c.bias ? " +bias" : ""}` +
     (c.maxBindingBytes ? ` maxBindingBytes=${c.maxBindingBytes}` : "") +
-    (c.gridLimit ? ` gridLimit=${c.gridLimit}` : "") + (c.family ? ` family=${c.family}` : "");
+    (c.gridLimit ? ` gridLimit=${c.gridLimit}` : "") + (c.family ? ` family=${c.family}` : "") +
+    (c.storage ? ` storage=${c.storage}` : "") + (c.textureRows ? ` rows=${c.textureRows}` : "");
   assertClose(got, matmulRef({ x, w: w.values, T, N, K, bias }), TOL[dtype], what);
-  m.buffer.destroy();
+  destroyMatrix(m);
   y.destroy();
 }
 
@@ -287,15 +300,110 @@ gpuTest(
   },
 );
 
-gpuTest("matmul() reads the new weights after writeMatrix()", async (gpu, rng) => {
-  const [T, N, K] = [2, 50, 64];
-  const a = randomMatrix(rng, N, K, "BF16"), b = randomMatrix(rng, N, K, "BF16");
-  const x = uniforms(rng, T * K, 1);
-  const m = uploadMatrix(gpu, { bytes: a.bytes, dtype: "BF16", N, K });
-  await writeMatrix(gpu, m, b.bytes);
-  const y = gpu.poisoned(T * N);
-  await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T }));
-  assertClose(await gpu.read(y), matmulRef({ x, w: b.values, T, N, K }), 1e-4, "after write");
+gpuTest(
+  "matmul() reads the new weights after writeMatrix(), from a buffer or a texture",
+  async (gpu, rng) => {
+    const [T, N, K] = [2, 50, 64];
+    for (const storage of ["buffer", "texture"] as const) {
+      const a = randomMatrix(rng, N, K, "BF16"), b = randomMatrix(rng, N, K, "BF16");
+      const x = uniforms(rng, T * K, 1);
+      const m = uploadMatrix(gpu, { bytes: a.bytes, dtype: "BF16", N, K, storage });
+      await writeMatrix(gpu, m, b.bytes);
+      const y = gpu.poisoned(T * N);
+      await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T, family: "cpu" }));
+      const ref = matmulRef({ x, w: b.values, T, N, K });
+      assertClose(await gpu.read(y), ref, 1e-4, `after write (${storage})`);
+      destroyMatrix(m);
+    }
+  },
+);
+
+gpuTest(
+  "matmul() reads weights from textures: every dtype, awkward sizes, bias, several textures",
+  async (gpu, rng) => {
+    // [T, N, K, rows per texture]: the fast path's shapes (K % 8 == 0)
+    const shapes: [number, number, number, number?][] = [
+      [3, 1030, 4096], // N not a multiple of 16 rows × 8 invocations
+      [17, 1030, 72], // three token passes (8 + 8 + 1)
+      [7, 45, 520],
+      [1, 9, 8], // one k-step, rows past the end of the last workgroup
+      [600, 40, 64], // 75 token passes
+      [5, 301, 72, 64], // five textures, the last one partial
+      [2, 70, 8, 1], // one row per texture
+    ];
+    for (const [T, N, K, textureRows] of shapes) {
+      for (const dtype of DTYPES) {
+        for (const bias of [false, true]) {
+          await check(gpu, rng, {
+            T,
+            N,
+            K,
+            dtype,
+            bias,
+            family: "cpu",
+            storage: "texture",
+            textureRows,
+          });
+        }
+      }
+    }
+    const w = allocMatrix(gpu, {
+      dtype: "BF16",
+      N: 301,
+      K: 72,
+      storage: "texture",
+      textureRows: 64,
+    });
+    assert.deepEqual(planMatmul(gpu, { w, T: 1 }).chunks.map((c) => [c.row0, c.rows, c.texture]), [
+      [0, 64, 0],
+      [64, 64, 1],
+      [128, 64, 2],
+      [192, 64, 3],
+      [256, 45, 4],
+    ]);
+    destroyMatrix(w);
+  },
+);
+
+gpuTest(
+  "writeMatrixBytes() lands pieces that split texture rows and textures; matmul() reads them all",
+  async (gpu, rng) => {
+    const [T, N, K] = [3, 37, 24]; // F32 rows: 96 bytes = 6 texels
+    for (const dtype of DTYPES) {
+      const w = randomMatrix(rng, N, K, dtype);
+      const m = allocMatrix(gpu, { dtype, N, K, storage: "texture", textureRows: 5 });
+      // Random 16-byte-aligned pieces, written in shuffled order.
+      const cuts = [0, w.bytes.byteLength];
+      for (let i = 0; i < 12; i++) cuts.push(rng.int(w.bytes.byteLength / 16) * 16);
+      cuts.sort((p, q) => p - q);
+      const pieces = cuts.slice(1).map((end, i) => [cuts[i], end]).sort(() => rng.next() - 0.5);
+      for (const [a, b] of pieces) writeMatrixBytes(gpu, m, w.bytes.subarray(a, b), a);
+      const x = uniforms(rng, T * K, 1), y = gpu.poisoned(T * N);
+      await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T, family: "cpu" }));
+      assertClose(await gpu.read(y), matmulRef({ x, w: w.values, T, N, K }), TOL[dtype], dtype);
+      destroyMatrix(m);
+    }
+  },
+);
+
+Deno.test("allocMatrix() refuses a texture where the fast path cannot read one", () => {
+  const limits = { maxUniformBufferBindingSize: 65536, maxTextureDimension2D: 8192 };
+  const stub = {
+    adapterName: "stub",
+    kernels: "cpu",
+    weightStorage: "texture",
+    device: { limits },
+    buffer: (bytes: number) => ({ size: bytes }) as GPUBuffer,
+  } as unknown as Gpu;
+  for (const K of [37, 6, 20000]) {
+    assert.throws(
+      () => allocMatrix(stub, { dtype: "BF16", N: 4, K, storage: "texture" }),
+      (e: unknown) => e instanceof GqaError && /storage "buffer"/.test(e.message),
+    );
+    // Unasked (the device's choice is "texture"), such a matrix simply stays in a buffer.
+    const m = allocMatrix(stub, { dtype: "BF16", N: 4, K });
+    assert(m.buffer && !m.textures);
+  }
 });
 
 gpuTest("matmul() matches matmulRef at Llama-3-8B shapes", async (gpu, rng) => {
