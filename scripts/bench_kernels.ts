@@ -23,13 +23,13 @@
 import { type Gpu, type KernelFamily, requestGpu } from "../kernels/gpu.ts";
 import {
   chooseMatmulVariant,
+  destroyMatrix,
   type GpuMatrix,
   matmul,
   matmulRef,
   type MatmulVariant,
   matmulVariantInfo,
   planMatmul,
-  destroyMatrix,
   uploadMatrix,
 } from "../kernels/matmul.ts";
 import {
