@@ -217,9 +217,14 @@ export function uploadMatrix(gpu: Gpu, m: MatrixOptions & { bytes: Uint8Array })
  * Overwrites a matrix with another matrix of the same shape and dtype (the next layer), in
  * pieces (see {@linkcode Gpu.writeLarge}). The bytes are checked first.
  */
-export async function writeMatrix(gpu: Gpu, m: GpuMatrix, bytes: Uint8Array): Promise<void> {
-  checkBytes(bytes, m, matrixLabel(m));
-  await gpu.writeLarge(bytes, (piece, at) => writeMatrixBytes(gpu, m, piece, at));
+export function writeMatrix(gpu: Gpu, m: GpuMatrix, bytes: Uint8Array): Promise<void> {
+  try {
+    checkBytes(bytes, m, matrixLabel(m));
+    gpu.writeLarge(bytes, (piece, at) => writeMatrixBytes(gpu, m, piece, at));
+    return Promise.resolve();
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }
 
 /**
