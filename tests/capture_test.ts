@@ -143,17 +143,23 @@ gpuTest(
 );
 
 gpuTest(
-  "captureLayer() streams weights through a ring of tiny pieces and gets the same K",
+  "captureLayer() streams weights in tiny pieces, mapped or read, and gets the same K",
   async (gpu) => {
     const { dir } = await makeTinyModel();
     const base = { model: dir, layer: 3, tokenIds: TOKENS, gpu, progress: false };
-    const a = await captureLayer(base);
-    // 1000-byte pieces, 3 in the ring: many pieces per tensor, most waiting for a free
-    // slot, tensors not a whole number of pieces.
-    const b = await captureLayer({ ...base, stream: { pieceBytes: 1000, ringBytes: 3000 } });
-    assertEquals(Array.from(b.k), Array.from(a.k));
-    assertEquals(Array.from(b.v), Array.from(a.v));
-    assertEquals(Array.from(b.qRope), Array.from(a.qRope));
+    const a = await captureLayer(base); // mapped pieces of 16 MiB (whole tensors here)
+    // ~1000-byte pieces, 3 slots: many pieces per tensor, most waiting for a free slot,
+    // tensors not a whole number of pieces; once mapped (ranges start mid-page), once read
+    // into host pieces.
+    for (const map of [true, false]) {
+      const b = await captureLayer({
+        ...base,
+        stream: { pieceBytes: 1000, ringBytes: 3000, map },
+      });
+      assertEquals(Array.from(b.k), Array.from(a.k), `map: ${map}`);
+      assertEquals(Array.from(b.v), Array.from(a.v), `map: ${map}`);
+      assertEquals(Array.from(b.qRope), Array.from(a.qRope), `map: ${map}`);
+    }
   },
 );
 

@@ -66,6 +66,18 @@ export interface ByteSource {
   readonly readAheadBytes?: number;
   /** Optional: the progress bar's label from now on, e.g. "layer 3/5" (which layer is under way). */
   status?(label: string): void;
+  /**
+   * Optional: bytes [begin, end) of a file that is on this machine, mapped into memory
+   * instead of read (mmap.ts), or null when the file is not local or cannot be mapped (then
+   * `read` it). Counted like a read. The caller must `release()` them once copied.
+   */
+  map?(file: string, begin: number, end: number): Promise<MappedBytes | null>;
+}
+
+/** Bytes of a file, mapped; call `release()` once they are copied (then never touch them). */
+export interface MappedBytes {
+  bytes: Uint8Array;
+  release(): void;
 }
 
 /** An environment variable, or undefined when unset or not permitted. */

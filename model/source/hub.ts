@@ -30,6 +30,7 @@ import {
   decodeText,
   type FileMeta,
   type HfSnapshots,
+  type MappedBytes,
   type RangeStore,
   type RangeStoreFile,
   readFileRange,
@@ -39,6 +40,7 @@ import { type HttpFailure, HubError, hubFetch, type RetryOptions } from "./hub_f
 import type { Progress } from "./progress.ts";
 import { DEFAULT_CONNECTIONS, DEFAULT_PIECE_BYTES, DownloadPool, splitRange } from "./pool.ts";
 import { cleanToken, redactToken } from "./token.ts";
+import { mapFileRange } from "./mmap.ts";
 
 /** The cause of an offline lookup of a file no cache knows: `exists` answers false for it. */
 const OFFLINE_UNKNOWN = new Error("offline, and in no cache");
@@ -398,6 +400,22 @@ export class HubSource implements ByteSource {
 
   read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     return this.#guard(() => this.#read(file, begin, end, into));
+  }
+
+  /** A file of the HF cache, mapped into memory; null for files that come from the Hub. */
+  map(file: string, begin: number, end: number): Promise<MappedBytes | null> {
+    return this.#guard(async () => {
+      const info = await this.#must(file);
+      checkRange({ file, where: this.name, begin, end, size: info.size });
+      if (info.kind !== "hf-cache") return null;
+      const m = mapFileRange(info.path, begin, end);
+      if (m) {
+        this.stats.bytesFetched += end - begin;
+        this.stats.requests++;
+        this.#o.progress?.add(end - begin, "disk");
+      }
+      return m;
+    });
   }
 
   async #read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {

@@ -14,9 +14,11 @@ import {
   checkFileName,
   checkRange,
   decodeText,
+  type MappedBytes,
   readFileRange,
   type SourceStats,
 } from "./base.ts";
+import { mapFileRange } from "./mmap.ts";
 import type { Progress } from "./progress.ts";
 
 /** Options of {@linkcode LocalSource}. */
@@ -95,6 +97,19 @@ export class LocalSource implements ByteSource {
     this.stats.requests++;
     this.#progress?.add(bytes.length, "disk");
     return bytes;
+  }
+
+  /** Bytes [begin, end) of a file, mapped into memory (null where mapping is not possible). */
+  async map(file: string, begin: number, end: number): Promise<MappedBytes | null> {
+    const size = await this.size(file);
+    checkRange({ file, where: `the folder ${this.#dir}`, begin, end, size });
+    const m = mapFileRange(this.#path(file), begin, end);
+    if (m) {
+      this.stats.bytesFetched += end - begin;
+      this.stats.requests++;
+      this.#progress?.add(end - begin, "disk");
+    }
+    return m;
   }
 
   async readText(file: string): Promise<string> {

@@ -1,0 +1,31 @@
+import assert from "node:assert/strict";
+import { canMapFiles, mapFileRange } from "../model/source/mmap.ts";
+import { readFileRange } from "../model/source/base.ts";
+import { freshSeed, Rng } from "./_helpers.ts";
+
+Deno.test("mapFileRange() maps exactly the bytes read() gives, at any offset; release() unmaps once", async () => {
+  assert.equal(canMapFiles(), true, "this suite runs on Linux with --allow-all (FFI granted)");
+  const seed = freshSeed(), rng = new Rng(seed);
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/f.bin`;
+    const data = new Uint8Array(3 * 4096 + 123).map(() => rng.int(256));
+    await Deno.writeFile(path, data);
+    for (let i = 0; i < 50; i++) {
+      const begin = rng.int(data.length), end = begin + 1 + rng.int(data.length - begin);
+      const m = mapFileRange(path, begin, end);
+      assert(m, "mapped");
+      assert.deepEqual(
+        m.bytes,
+        await readFileRange(path, begin, end),
+        `seed ${seed} [${begin}, ${end})`,
+      );
+      m.release();
+      m.release(); // a second release does nothing (a second munmap could unmap a reused range)
+    }
+    assert.equal(mapFileRange(path, 5, 5), null, "an empty range is not mapped");
+    assert.equal(mapFileRange(`${dir}/missing.bin`, 0, 1), null, "a missing file gives null");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
