@@ -28,6 +28,12 @@
  * lavapipe here, with the machine quiet, `block` with vec4 runs of 4–8 read ~13 GB/s
  * (14 CPU-time normalised), u32 loads about half that, grid-stride and workgroup-chunk
  * ~1.2–1.6 GB/s; a typed-array copy in Deno reads ~14 GB/s on one core.
+ *
+ * **Textures.** The CPU family may keep weights in `rgba32uint` textures (weight_texture.ts),
+ * where lavapipe's buffer loads are slow, so the probe has a texture twin,
+ * {@linkcode readProbeTexture}: each invocation streams `rows` whole texel rows side by side
+ * (the matmul's own access with rows = 16) and XORs every word it reads. On an AMD EPYC
+ * (Zen 3) VM the buffer patterns all read ~1 GB/s while the texture probe reads 6–8 GB/s.
  * @module
  */
 import { type Gpu, grid2d } from "./gpu.ts";
@@ -224,4 +230,74 @@ export function readProbeRef(words: Uint32Array): number {
   let s = 0;
   for (let i = 0; i < words.length; i++) s ^= words[i];
   return s >>> 0;
+}
+
+/** One way of reading a texture: `rows` texel rows per invocation, side by side. */
+export interface TextureProbePattern {
+  name: string;
+  rows: number;
+  workgroupSize: number;
+}
+
+/** The texture patterns the bench tries: the matmul's access, and one row per invocation. */
+export const TEXTURE_PROBE_PATTERNS: readonly TextureProbePattern[] = [
+  { name: "texture rows x16 wg8", rows: 16, workgroupSize: 8 },
+  { name: "texture rows x1 wg64", rows: 1, workgroupSize: 64 },
+];
+
+/** Source of a texture pattern's kernel. Params: the texture's width and height in texels. */
+export function readProbeTextureShader(p: TextureProbePattern): string {
+  const R = p.rows, WG = p.workgroupSize;
+  const rows = [...Array(R).keys()];
+  return `// texture read probe: ${p.name}
+struct Params { width: u32, height: u32, _0: u32, _1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var t: texture_2d<u32>;
+@group(0) @binding(2) var<storage, read_write> o: array<u32>; // one word per invocation
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.y * nwg.x * ${WG}u + gid.x;              // invocation index
+  let r0 = i * ${R}u;                                   // its first row
+  var s = vec4<u32>(0u);
+  if (r0 < p.height) {
+    let last = p.height - 1u;                          // rows past the end re-read the last
+    ${rows.map((r) => `let y${r} = min(r0 + ${r}u, last);`).join("\n    ")}
+    for (var x = 0u; x < p.width; x++) {
+      ${rows.map((r) => `let v${r} = textureLoad(t, vec2<u32>(x, y${r}), 0);`).join("\n      ")}
+      s ^= ${
+    rows.map((r) => (r === 0 ? "v0" : `select(vec4<u32>(0u), v${r}, r0 + ${r}u < p.height)`))
+      .join(" ^ ")
+  };
+    }
+  }
+  o[i] = s.x ^ s.y ^ s.z ^ s.w;
+}
+`;
+}
+
+/** Invocations (and output words) a texture pattern needs for `height` rows. */
+export function readProbeTextureInvocations(p: TextureProbePattern, height: number): number {
+  return Math.ceil(Math.ceil(height / p.rows) / p.workgroupSize) * p.workgroupSize;
+}
+
+/**
+ * Records one texture probe dispatch reading every texel of an `rgba32uint` texture into
+ * `out` (at least 4 · {@linkcode readProbeTextureInvocations} bytes; XOR of its words is
+ * the XOR of the texture's words).
+ */
+export function readProbeTexture(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  a: { texture: GPUTexture; out: GPUBuffer; pattern: TextureProbePattern },
+): void {
+  const { width, height } = a.texture;
+  const n = readProbeTextureInvocations(a.pattern, height);
+  const params = gpu.uniform(new Uint32Array([width, height, 0, 0]));
+  gpu.dispatch(
+    encoder,
+    gpu.pipeline(readProbeTextureShader(a.pattern)),
+    [params, a.texture.createView(), { buffer: a.out, size: n * 4 }],
+    grid2d(n / a.pattern.workgroupSize),
+  );
 }

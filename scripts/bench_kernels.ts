@@ -16,11 +16,12 @@
  *   (lavapipe runs on the CPU) cannot hold the weights between dispatches.
  * - Correctness first: each dtype/variant is checked against `matmulRef` before it is timed.
  * - GB/s counts the weight bytes each matmul must read (N·K·dtype bytes), GFLOP/s counts
- *   2·T·N·K; "of probe" divides GB/s by the best read-probe pattern, timed again just before
- *   each block of rows because the load from other processes drifts.
+ *   2·T·N·K; "of probe" divides GB/s by the best read-probe pattern of the same storage
+ *   (buffer, or texture for the CPU family's texture rows), timed in alternation with it
+ *   because the load from other processes drifts.
  * @module
  */
-import { type Gpu, type KernelFamily, requestGpu } from "../kernels/gpu.ts";
+import { type Gpu, type KernelFamily, requestGpu, type WeightStorage } from "../kernels/gpu.ts";
 import {
   chooseMatmulVariant,
   destroyMatrix,
@@ -37,6 +38,10 @@ import {
   readProbe,
   readProbeOutputBytes,
   type ReadProbePattern,
+  readProbeTexture,
+  readProbeTextureInvocations,
+  TEXTURE_PROBE_PATTERNS,
+  type TextureProbePattern,
 } from "../kernels/read_probe.ts";
 import { decodeWeights, DTYPE_BYTES, encodeWeights, type WeightDtype } from "../kernels/dtype.ts";
 
@@ -109,23 +114,62 @@ for (const pattern of READ_PROBE_PATTERNS) {
 }
 console.log(`  best: ${best.name}, ${probeBest.toFixed(2)} GB/s`);
 
+// The texture twin (the CPU family may keep weights in textures): 4 × 64 MB textures of
+// 512-texel rows, the width of a (N, 4096) BF16 matrix.
+const TEX_W = 512, TEX_H = PROBE_BUF / (TEX_W * 16);
+const probeTexs = Array.from({ length: ROTATION_BYTES / PROBE_BUF }, (_, i) => {
+  const texture = gpu.device.createTexture({
+    size: [TEX_W, TEX_H],
+    format: "rgba32uint",
+    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+  });
+  const w = new Uint32Array(PROBE_BUF / 4).fill(i + 1);
+  gpu.device.queue.writeTexture({ texture }, w, { bytesPerRow: TEX_W * 16 }, [TEX_W, TEX_H]);
+  return texture;
+});
+const texOut = gpu.buffer(
+  4 * Math.max(...TEXTURE_PROBE_PATTERNS.map((p) => readProbeTextureInvocations(p, TEX_H))),
+);
+const texRecord = (pattern: TextureProbePattern) => (enc: GPUCommandEncoder, i: number) =>
+  readProbeTexture(gpu, enc, { texture: probeTexs[i % probeTexs.length], out: texOut, pattern });
+console.log(`texture read probe (${probeTexs.length} × 64 MB textures of ${TEX_W} × ${TEX_H}):`);
+let texBest = 0, bestTex = TEXTURE_PROBE_PATTERNS[0];
+for (const pattern of TEXTURE_PROBE_PATTERNS) {
+  const gbps = PROBE_BUF / await timeOps(gpu, texRecord(pattern)) / 1e9;
+  if (gbps > texBest) [texBest, bestTex] = [gbps, pattern];
+  console.log(`  ${pattern.name.padEnd(28)} ${gbps.toFixed(2).padStart(6)} GB/s`);
+}
+console.log(`  best: ${bestTex.name}, ${texBest.toFixed(2)} GB/s`);
+
 // --- 3. matmul ---------------------------------------------------------------------------
 await chooseMatmulVariant(gpu);
 const info = matmulVariantInfo(gpu);
 console.log(`\nmatmul variant: ${info.variant} (${info.reason})`);
 
-// The GPU family reads F16 packed whatever the variant; its rows say "-".
-const variantsFor = (d: WeightDtype, f: KernelFamily = "cpu"): MatmulVariant[] =>
-  d === "F16" && gpu.hasF16 && f === "cpu" ? ["packed", "f16"] : ["packed"];
+// The GPU family reads F16 packed whatever the variant; its rows say "-". So do the CPU
+// family's texture rows: a texture is always read packed.
+const variantsFor = (
+  d: WeightDtype,
+  f: KernelFamily = "cpu",
+  storage: WeightStorage = "buffer",
+): MatmulVariant[] =>
+  d === "F16" && gpu.hasF16 && f === "cpu" && storage === "buffer" ? ["packed", "f16"] : ["packed"];
+/** Each family with the weight storages it reads: the CPU family from buffers and textures. */
+type KernelRun = { family: KernelFamily; storage: WeightStorage };
+const KERNEL_RUNS = FAMILIES.flatMap((family): KernelRun[] =>
+  family === "cpu"
+    ? [{ family, storage: "buffer" }, { family, storage: "texture" }]
+    : [{ family, storage: "buffer" }]
+);
 
 // Correctness first: each family/dtype/variant at an awkward shape of the table's paths.
-for (const family of FAMILIES) {
+for (const { family, storage } of KERNEL_RUNS) {
   for (const dtype of DTYPES) {
-    for (const variant of variantsFor(dtype, family)) {
+    for (const variant of variantsFor(dtype, family, storage)) {
       const [T, N, K] = [9, 77, 4096];
       const w = decodeWeights(encodeWeights(noise(N * K, 0.05, 7), dtype), dtype);
       const x = noise(T * K, 1, 8);
-      const m = uploadMatrix(gpu, { bytes: encodeWeights(w, dtype), dtype, N, K });
+      const m = uploadMatrix(gpu, { bytes: encodeWeights(w, dtype), dtype, N, K, storage });
       const y = gpu.poisoned(T * N);
       await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T, variant, family }));
       const got = await gpu.read(y), want = matmulRef({ x, w, T, N, K });
@@ -138,7 +182,7 @@ for (const family of FAMILIES) {
       const tol = dtype === "F32" ? 1e-5 : 1e-4;
       if (!(err <= tol)) {
         console.error(
-          `matmul ${family} ${dtype} ${variant} is WRONG: relative L2 error ${err} > ${tol}`,
+          `matmul ${family} ${storage} ${dtype} ${variant} is WRONG: relative L2 error ${err} > ${tol}`,
         );
         Deno.exit(1);
       }
@@ -147,16 +191,16 @@ for (const family of FAMILIES) {
   }
 }
 console.log(
-  `validated against matmulRef, families ${FAMILIES.join(", ")}: ` +
+  `validated against matmulRef, families ${FAMILIES.join(", ")} (cpu from buffers and textures): ` +
     DTYPES.map((d) => `${d} (${variantsFor(d).join(", ")})`).join(", "),
 );
 
 console.log(
-  "\nEach matmul is timed in alternation with the best probe pattern (same background load);\n" +
-    '"probe" is that pattern\'s median GB/s meanwhile, "of probe" the median of the paired\n' +
-    "ratios.\n\n" +
-    "| W (N, K) | dtype | family | variant | T | ms | GB/s | GFLOP/s | probe | of probe |\n" +
-    "|---|---|---|---|---|---|---|---|---|---|",
+  "\nEach matmul is timed in alternation with the best probe pattern of its storage (buffer or\n" +
+    'texture; same background load); "probe" is that pattern\'s median GB/s meanwhile, "of\n' +
+    'probe" the median of the paired ratios.\n\n' +
+    "| W (N, K) | dtype | family | weights in | variant | T | ms | GB/s | GFLOP/s | probe | of probe |\n" +
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 );
 const probeRecord = (enc: GPUCommandEncoder, i: number) =>
   readProbe(gpu, enc, {
@@ -170,25 +214,28 @@ for (const [N, K] of SHAPES) {
     const bytes = N * K * DTYPE_BYTES[dtype];
     const count = Math.max(2, Math.ceil(ROTATION_BYTES / bytes));
     const data = encodeWeights(noise(N * K, 0.05, N + K), dtype);
-    const mats: GpuMatrix[] = Array.from(
-      { length: count },
-      () => uploadMatrix(gpu, { bytes: data, dtype, N, K }),
-    );
+    const mats: Record<WeightStorage, GpuMatrix[]> = { buffer: [], texture: [] };
+    for (const storage of ["buffer", "texture"] as const) {
+      for (let i = 0; i < count; i++) {
+        mats[storage].push(uploadMatrix(gpu, { bytes: data, dtype, N, K, storage }));
+      }
+    }
     for (const T of TS) {
       const x = gpu.upload(noise(T * K, 1, T)), y = gpu.buffer(T * N * 4);
-      for (const family of FAMILIES) {
-        for (const variant of variantsFor(dtype, family)) {
+      for (const { family, storage } of KERNEL_RUNS) {
+        for (const variant of variantsFor(dtype, family, storage)) {
+          const ms = mats[storage];
           const m = await timePaired(
             gpu,
-            (enc, i) => matmul(gpu, enc, { x, w: mats[i % count], y, T, variant, family }),
-            probeRecord,
+            (enc, i) => matmul(gpu, enc, { x, w: ms[i % count], y, T, variant, family }),
+            storage === "texture" ? texRecord(bestTex) : probeRecord,
           );
           const t = m.a, gbps = bytes / t / 1e9, probe = PROBE_BUF / m.b / 1e9;
           const ofProbe = m.speedup * bytes / PROBE_BUF; // (bytes / ta) / (PROBE_BUF / tb)
-          const plan = planMatmul(gpu, { w: mats[0], T, variant });
+          const plan = planMatmul(gpu, { w: ms[0], T, variant });
           console.log(
-            `| (${N}, ${K}) | ${dtype} | ${family} | ${
-              dtype === "F16" && family === "cpu" ? variant : "-"
+            `| (${N}, ${K}) | ${dtype} | ${family} | ${storage}s | ${
+              dtype === "F16" && family === "cpu" && storage === "buffer" ? variant : "-"
             } | ${T} | ` +
               `${(t * 1000).toFixed(1)} | ${gbps.toFixed(2)} | ${
                 (2 * T * N * K / t / 1e9).toFixed(1)
@@ -200,12 +247,14 @@ for (const [N, K] of SHAPES) {
       x.destroy();
       y.destroy();
     }
-    for (const m of mats) destroyMatrix(m);
+    for (const m of [...mats.buffer, ...mats.texture]) destroyMatrix(m);
   }
 }
 for (const b of probeBufs) b.destroy();
+for (const t of probeTexs) t.destroy();
 console.log(
-  `\nprobe best: ${probeBest.toFixed(2)} GB/s (${best.name}); load average at the end: ` +
+  `\nprobe best: ${probeBest.toFixed(2)} GB/s (${best.name}), texture ${texBest.toFixed(2)} GB/s ` +
+    `(${bestTex.name}); load average at the end: ` +
     `${loadavg()}; total ${((performance.now() - started) / 1000).toFixed(0)} s`,
 );
 

@@ -9,6 +9,9 @@ import {
   readProbe,
   readProbeOutputBytes,
   readProbeRef,
+  readProbeTexture,
+  readProbeTextureInvocations,
+  TEXTURE_PROBE_PATTERNS,
 } from "../kernels/read_probe.ts";
 import type { Gpu } from "../kernels/gpu.ts";
 import assert from "node:assert/strict";
@@ -50,3 +53,33 @@ gpuTest("readProbe() reads every word exactly once with every pattern", async (g
     buffer.destroy();
   }
 });
+
+gpuTest(
+  "readProbeTexture() reads every texel exactly once with every pattern",
+  async (gpu, rng) => {
+    // [width, height] in texels: one texel; rows not a multiple of 16 or of a workgroup
+    for (const [width, height] of [[1, 1], [37, 301], [512, 17]]) {
+      const words = new Uint32Array(width * height * 4);
+      for (let i = 0; i < words.length; i++) words[i] = (rng.next() * 2 ** 32) >>> 0;
+      const texture = gpu.device.createTexture({
+        size: [width, height],
+        format: "rgba32uint",
+        usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+      });
+      gpu.device.queue.writeTexture({ texture }, words, { bytesPerRow: width * 16 }, [
+        width,
+        height,
+      ]);
+      for (const pattern of TEXTURE_PROBE_PATTERNS) {
+        const poison = new Uint32Array(readProbeTextureInvocations(pattern, height));
+        for (let i = 0; i < poison.length; i++) poison[i] = (rng.next() * 2 ** 32) >>> 0;
+        const out = gpu.upload(poison);
+        await gpu.run((enc) => readProbeTexture(gpu, enc, { texture, out, pattern }));
+        const got = readProbeRef(new Uint32Array(await gpu.readBytes(out)));
+        assert.equal(got, readProbeRef(words), `${pattern.name} at ${width} × ${height}`);
+        out.destroy();
+      }
+      texture.destroy();
+    }
+  },
+);
