@@ -29,3 +29,31 @@ Deno.test("mapFileRange() maps exactly the bytes read() gives, at any offset; re
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("mapFileRange() gives null for bytes not in the page cache, so they are read instead", async () => {
+  const dir = await Deno.makeTempDir();
+  const libc = Deno.dlopen("libc.so.6", {
+    open: { parameters: ["buffer", "i32"], result: "i32" },
+    close: { parameters: ["i32"], result: "i32" },
+    posix_fadvise: { parameters: ["i32", "i64", "i64", "i32"], result: "i32" },
+  });
+  try {
+    const path = `${dir}/cold.bin`;
+    const data = new Uint8Array(64 * 4096).fill(7);
+    using f = await Deno.open(path, { write: true, create: true });
+    await f.write(data);
+    await f.sync(); // clean pages can be dropped from the cache
+    const fd = libc.symbols.open(new TextEncoder().encode(path + "\0"), 0);
+    assert.equal(libc.symbols.posix_fadvise(fd, 0n, 0n, 4 /* POSIX_FADV_DONTNEED */), 0);
+    libc.symbols.close(fd);
+    assert.equal(mapFileRange(path, 0, data.length), null, "dropped pages are not mapped");
+    await readFileRange(path, 0, data.length); // reading brings them back
+    const m = mapFileRange(path, 0, data.length);
+    assert(m, "cached again: mapped");
+    assert.deepEqual(m.bytes, data);
+    m.release();
+  } finally {
+    libc.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
