@@ -17,12 +17,13 @@
  *
  * Capturing layers A..L costs no extra weight bytes: the pass computes them anyway.
  *
- * Every layer has the same shapes, so ONE set of weight buffers serves them all: a write is
- * queued behind the submits before it, so the next layer's weights can stream into a buffer
- * while a submitted half still reads the current ones. Device memory is one layer of weights
- * plus activations, whatever L is; host memory is weight_stream.ts's ring of pieces plus the
- * driver's staging for one part of a layer. No half waits for its own work: on lavapipe the
- * submit itself runs it, and in Deno a wait costs ~11-40 ms of polling (see half()).
+ * Every layer has the same shapes, so ONE set of weight buffers (or textures) serves them
+ * all: a write is queued behind the submits before it, so the next layer's weights can
+ * stream in while a submitted half still reads the current ones. Device memory is one layer
+ * of weights plus activations, whatever L is; host memory is weight_stream.ts's pieces in
+ * flight (mapped, or read into host pieces) plus the driver's staging for them. No half
+ * waits for its own work: on lavapipe the submit itself runs it, and in Deno a wait costs
+ * ~11-40 ms of polling (see half()).
  * @module
  */
 import type { Gpu } from "../kernels/gpu.ts";
@@ -101,7 +102,7 @@ export interface ForwardArgs {
    * One check per layer; the step is found by re-running that layer step by step.
    */
   checkFinite?: boolean;
-  /** Staging piece and ring sizes (tests make them tiny to exercise the ring). */
+  /** Piece and slot sizes of the weight stream, and whether it maps local files (tests make pieces tiny). */
   stream?: WeightStreamOptions;
   /** Told when layer l starts (its read awaited, then its compute): the progress bar's label. */
   onLayer?: (l: number) => void;
@@ -378,8 +379,8 @@ export async function runForward(a: ForwardArgs): Promise<ForwardResult> {
     // 2. The embedding rows of the prompt's distinct tokens (never the whole table); layer 0's
     //    weights stream in meanwhile, and the pipelines compile as soon as its shapes are known.
     const embDtype = a.tensors.get("model.embed_tokens.weight")!.dtype as WeightDtype;
-    // Layer 0 in two parts, the MLP's first (it overlaps compiling), so the driver never
-    // stages more than about half a layer: a part's staging memory is free once it lands.
+    // Layer 0 in two parts, the MLP's first (its reads overlap compiling when they are real
+    // reads; mapped pieces are copied at once).
     const parts = plan.layers.map(splitParts);
     slots.allocate(0, plan.layers[0]); // every matmul of a layer, for the warm-up
     const first = slots.stream(0, parts[0].mlp, src, ws);
