@@ -92,11 +92,8 @@ async function chooseFamily(gpu: Gpu, opts: ChooseOptions): Promise<KernelChoice
     gpu.kernelsReason = c.reason;
     return c;
   };
-  let env: string | undefined;
-  try {
-    env = Deno.env.get(KERNELS_ENV);
-  } catch { /* no env permission */ }
-  if (env === "gpu" || env === "cpu") {
+  const env = forcedBy(KERNELS_ENV, ["gpu", "cpu"] as const);
+  if (env) {
     return apply({ family: env, measured: false, reason: `forced by ${KERNELS_ENV}=${env}` });
   }
   if (gpu.isFallback && !opts.force) {
@@ -127,15 +124,22 @@ export async function chooseWeightStorage(
     gpu.weightStorageReason = c.reason;
     return c;
   };
-  let env: string | undefined;
-  try {
-    env = Deno.env.get(WEIGHTS_ENV);
-  } catch { /* no env permission */ }
-  if (env === "buffer" || env === "texture") {
+  const env = forcedBy(WEIGHTS_ENV, ["buffer", "texture"] as const);
+  if (env) {
     return apply({ storage: env, measured: false, reason: `forced by ${WEIGHTS_ENV}=${env}` });
   }
   const key = adapterKey(gpu) + "|weights";
   return apply(await cachedOrMeasured(key, opts, () => measureStorage(gpu, opts)));
+}
+
+/** The value of environment variable `name` when it is one of `values` (else undefined). */
+function forcedBy<V extends string>(name: string, values: readonly V[]): V | undefined {
+  try {
+    const v = Deno.env.get(name);
+    return values.find((x) => x === v);
+  } catch {
+    return undefined; // no env permission: nothing forced
+  }
 }
 
 /** The choice cached under `key` (memory, then `kernels.json`), else `measure()`'s, cached. */
