@@ -34,9 +34,9 @@
  *   8B-shaped capture: peak RSS 1.0–1.1 → 0.72–0.73 GB, CPU time 4.5–5.1 → 3.9–4.2 s. On an
  *   asynchronous GPU the flush only hands the copy to the queue, after the work already
  *   submitted (which still reads the old weights).
- *
  * - Mapping instead of reading (one copy fewer: page cache → staging, not page cache → host
- *   piece → staging): the 8B-shaped token-0 capture took 1.5–1.7 s instead of 1.8–2.9 s.
+ *   piece → staging): the 8B-shaped token-0 capture took 1.6–1.8 s instead of 1.8–2.9 s.
+ *   Only pieces already in the page cache are mapped (mmap.ts says why).
  *
  * Host memory is the slots' pieces (`ringBytes`, default 64 MiB, only when reading) plus the
  * driver's staging for one piece per slot, plus the mapped pages of the pieces in flight.
