@@ -347,6 +347,16 @@ gpuTest(
         }
       }
     }
+    // The GPU family reads buffers only: a texture matrix handed to it runs the CPU kernel.
+    await check(gpu, rng, {
+      T: 3,
+      N: 130,
+      K: 64,
+      dtype: "BF16",
+      bias: true,
+      family: "gpu",
+      storage: "texture",
+    });
     const w = allocMatrix(gpu, {
       dtype: "BF16",
       N: 301,
