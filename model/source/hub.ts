@@ -409,13 +409,16 @@ export class HubSource implements ByteSource {
       checkRange({ file, where: this.name, begin, end, size: info.size });
       if (info.kind !== "hf-cache") return null;
       const m = mapFileRange(info.path, begin, end);
-      if (m) {
-        this.stats.bytesFetched += end - begin;
-        this.stats.requests++;
-        this.#o.progress?.add(end - begin, "disk");
-      }
+      if (m) this.#countedFromDisk(end - begin);
       return m;
     });
+  }
+
+  /** Counts `n` bytes delivered from the HF cache (stats and the progress bar). */
+  #countedFromDisk(n: number): void {
+    this.stats.bytesFetched += n;
+    this.stats.requests++;
+    this.#o.progress?.add(n, "disk");
   }
 
   async #read(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
@@ -424,9 +427,7 @@ export class HubSource implements ByteSource {
     if (begin === end) return into ?? new Uint8Array(0);
     if (info.kind === "hf-cache") {
       const bytes = await readFileRange(info.path, begin, end, into);
-      this.stats.bytesFetched += bytes.length;
-      this.stats.requests++;
-      this.#o.progress?.add(bytes.length, "disk");
+      this.#countedFromDisk(bytes.length);
       return bytes;
     }
     // Pieces of ≤ 8 MiB, each from the range cache or one request through the pool, side by

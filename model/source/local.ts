@@ -93,9 +93,7 @@ export class LocalSource implements ByteSource {
     const size = await this.size(file);
     checkRange({ file, where: `the folder ${this.#dir}`, begin, end, size });
     const bytes = await readFileRange(this.#path(file), begin, end, into);
-    this.stats.bytesFetched += bytes.length;
-    this.stats.requests++;
-    this.#progress?.add(bytes.length, "disk");
+    this.#counted(bytes.length);
     return bytes;
   }
 
@@ -104,12 +102,15 @@ export class LocalSource implements ByteSource {
     const size = await this.size(file);
     checkRange({ file, where: `the folder ${this.#dir}`, begin, end, size });
     const m = mapFileRange(this.#path(file), begin, end);
-    if (m) {
-      this.stats.bytesFetched += end - begin;
-      this.stats.requests++;
-      this.#progress?.add(end - begin, "disk");
-    }
+    if (m) this.#counted(end - begin);
     return m;
+  }
+
+  /** Counts `n` bytes delivered from disk (stats and the progress bar). */
+  #counted(n: number): void {
+    this.stats.bytesFetched += n;
+    this.stats.requests++;
+    this.#progress?.add(n, "disk");
   }
 
   async readText(file: string): Promise<string> {
