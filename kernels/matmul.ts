@@ -54,7 +54,7 @@
  *   2.2 GB/s. Each X load costs as much as a weight load, and there are two per weight load.
  * - v3 RR rows per invocation (RR contiguous streams) so each X load serves RR rows:
  *   T = 1, RR = 8: 9.0 GB/s; T = 8: 2.5 GB/s (16 X loads per 8 weight loads).
- * - v4 (this file) X through per-token uniform bindings, RR = 16, 8-lane workgroups:
+ * - v4 X through per-token uniform bindings, RR = 16, 8-lane workgroups:
  *   T = 1: ~10 GB/s (68–72 % of the probe), T = 4: ~7.2 (51–55 %), T = 8: ~5.0 (34–36 %).
  *   At T = 8 an experiment with X made free (constants) reached 55–57 %, one with the
  *   arithmetic removed 67–71 %: both costs matter, and the arithmetic alone caps T = 8
@@ -62,6 +62,15 @@
  * - v5 the same kernel can read W from textures instead (`textureLoad`; see "Texture
  *   weights"). On an AMD EPYC (Zen 3) VM where lavapipe's buffer reads crawl (read probe
  *   1.0 GB/s), BF16 (14336, 4096): T = 1 0.99 → 4.75 GB/s, T = 8 0.85 → 2.35 GB/s.
+ * - v6 (this file) K is a parameter instead of a constant of the source, and every X binding
+ *   is the adapter's whole uniform window (64 KiB: any K ≤ 16384), so ONE pipeline serves
+ *   q/o/gate/up (K = D) and down (K = I): a Llama layer needs two matmul pipelines (RR = 16,
+ *   and RR = 8 for the narrow k/v) instead of three. Each costs lavapipe 40–65 ms to create
+ *   with Mesa's shader cache warm; the 8B-shaped capture's span before layer 0 went from a
+ *   median 625 to 597 ms (6 runs each). A first run with a cold cache is not faster: llvmpipe
+ *   compiles a variant of a shader per texture shape it reads, so the LLVM work (~3 s) stays.
+ *   Speed unchanged: same-process A/B at T = 8, (14336, 4096) 46.0–46.7 ms against
+ *   46.6–47.8, (4096, 14336) 43.4–45.5 against 44.0–44.6.
  *
  * ## Why it looks like this (what limits it on lavapipe)
  * lavapipe runs 8 invocations in one 256-bit SIMD register, but a storage-buffer load whose
@@ -92,7 +101,6 @@ import { DTYPE_BYTES, type WeightDtype } from "./dtype.ts";
 import { GqaError } from "../errors.ts";
 import {
   allocWeightTextures,
-  TEXEL_BYTES,
   type TextureLayout,
   textureLayout,
   writeWeightTextures,
@@ -336,6 +344,7 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
   const warm = a.warmUpOnly === true; // zero rows, one workgroup
 
   if (plan.path === "fast") {
+    const xVec4s = xBindingBytes(gpu) / 16;
     const xRows = stageX(gpu, encoder, a.x, T, K);
     for (const c of plan.chunks) {
       const wBind: Binding = w.textures
@@ -347,14 +356,14 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
           dtype: w.dtype,
           variant: plan.variant,
           weights: w.textures ? "texture" : "buffer",
-          K,
+          xVec4s,
           TT: p.tokens,
           RR,
           WG,
           bias: !!a.bias,
         });
         const rows = warm ? 0 : c.rows;
-        const params = gpu.uniform(new Uint32Array([rows, c.row0, c.wBase, N, p.t0, 0, 0, 0]));
+        const params = gpu.uniform(new Uint32Array([rows, c.row0, c.wBase, N, p.t0, K, 0, 0]));
         const xs = Array.from({ length: p.tokens }, (_, t) => xRows(p.t0 + t));
         gpu.dispatch(
           encoder,
@@ -405,8 +414,13 @@ function checkSize(buf: GPUBuffer, bytes: number, what: string, shape: string): 
  * one X row in a uniform binding (K ≤ 16384 at WebGPU's guaranteed 64 KiB).
  */
 function fastPathFits(gpu: Gpu, K: number): boolean {
-  const uniformLimit = Math.min(gpu.device.limits.maxUniformBufferBindingSize, MAX_UNIFORM_BYTES);
-  return K % 8 === 0 && K * 4 <= uniformLimit;
+  return K % 8 === 0 && K * 4 <= xBindingBytes(gpu);
+}
+
+/** Bytes of each X binding of the fast path: the uniform binding limit, at most 64 KiB. */
+function xBindingBytes(gpu: Gpu): number {
+  const limit = Math.min(gpu.device.limits.maxUniformBufferBindingSize, MAX_UNIFORM_BYTES);
+  return Math.floor(limit / 16) * 16;
 }
 
 /**
@@ -499,7 +513,10 @@ function stageX(
   const align = gpu.device.limits.minUniformBufferOffsetAlignment;
   const rowBytes = K * 4;
   const stride = Math.ceil(rowBytes / align) * align;
-  const bytes = T * stride;
+  // Every binding is the shader's full X array (xBindingBytes), whatever K: the last row's
+  // window runs past the rows; the kernel reads only its first K values.
+  const window = xBindingBytes(gpu);
+  const bytes = (T - 1) * stride + window;
   gpu.endPass(encoder); // the copies below are encoder commands
   let buf = staging.get(gpu);
   if (!buf || buf.size < bytes) {
@@ -517,11 +534,11 @@ function stageX(
     }
   }
   const b = buf;
-  return (t) => ({ buffer: b, offset: t * stride, size: rowBytes });
+  return (t) => ({ buffer: b, offset: t * stride, size: window });
 }
 
 // ---------------------------------------------------------------------------------------
-// WGSL generation. Kernels are specialised by dtype, variant, K, tokens per pass (TT), rows
+// WGSL generation. Kernels are specialised by dtype, variant, tokens per pass (TT), rows
 // per invocation (RR) and bias; the pipeline cache in Gpu keys on the source text.
 
 const PARAMS = `struct Params {
@@ -530,7 +547,7 @@ const PARAMS = `struct Params {
   wBase: u32,   // where the chunk's first row starts in the W binding, in load units
   yStride: u32, // N: f32 per Y row
   t0: u32,      // first token of this pass (Y row)
-  K: u32,       // reduction width (general path)
+  K: u32,       // reduction width
   _pad0: u32,
   _pad1: u32,
 }
@@ -543,24 +560,24 @@ export function fastShader(
     variant: MatmulVariant;
     /** Where W is read from (default "buffer"); a texture is always read packed. */
     weights?: "buffer" | "texture";
-    K: number;
+    /** vec4s in each X binding: the adapter's uniform binding limit / 16 (any K up to 4·xVec4s runs). */
+    xVec4s: number;
     TT: number;
     RR: number;
     WG: number;
     bias: boolean;
   },
 ): string {
-  const { dtype, K, TT, RR, WG, bias } = s;
+  const { dtype, xVec4s, TT, RR, WG, bias } = s;
   const tex = s.weights === "texture";
   const native = dtype === "F16" && s.variant === "f16" && !tex;
-  const steps = K / 8; // k-steps of 8 weights per row
-  const { wDecl, perRow, helpers, loadRow, rowStart } = weightReads(dtype, K, tex, native);
+  const { wDecl, perRow, helpers, loadRow, rowStart } = weightReads(dtype, tex, native);
   const packed = !(dtype === "F32" || native);
   const rows = [...Array(RR).keys()], toks = [...Array(TT).keys()];
   const xDecls = toks.map((t) =>
-    `@group(0) @binding(${bias ? 4 + t : 3 + t}) var<uniform> x${t}: array<vec4<f32>, ${
-      K / 4
-    }>; // X[t0 + ${t}, :]`
+    `@group(0) @binding(${
+      bias ? 4 + t : 3 + t
+    }) var<uniform> x${t}: array<vec4<f32>, ${xVec4s}>; // X[t0 + ${t}, :]`
   );
   // One k-step: X values of each token (even/odd k split for packed weights), then each row.
   const xLoads = toks.map((t) =>
@@ -578,9 +595,9 @@ export function fastShader(
         : `a${r}_${t} += dot(wa${r}, xa${t}) + dot(wb${r}, xb${t});`
     ).join(" ")
   );
-  return `// matmul fast path (v5): W ${dtype}${native ? " read as f16" : ""}${
+  return `// matmul fast path (v6): W ${dtype}${native ? " read as f16" : ""}${
     tex ? " from a texture" : ""
-  }, K = ${K}, ` +
+  }, any K ≤ ${4 * xVec4s}, ` +
     `${TT} token(s) x ${RR} row(s) per invocation${bias ? ", bias" : ""}
 ${native ? "enable f16;\n" : ""}${PARAMS}
 @group(0) @binding(1) ${wDecl}
@@ -590,8 +607,6 @@ ${bias ? "@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)\n" :
     }
 ${helpers}
 
-const STEPS = ${steps}u;  // k-steps of 8 weights per row
-const PER_ROW = ${perRow}u; // W elements per row
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -599,9 +614,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let n0 = inv * ${RR}u;                    // first row of this invocation (chunk-local)
   if (n0 >= p.rows) { return; }
   let last = p.rows - 1u;                   // rows past the end re-read the last row; not stored
+  let steps = p.K / 8u;                     // k-steps of 8 weights per row${
+      tex ? "" : `
+  let perRow = ${perRow};            // W elements per row`
+    }
   ${rows.map(rowStart).join("\n  ")}
   ${rows.map((r) => toks.map((t) => `var a${r}_${t} = 0.0;`).join(" ")).join("\n  ")}
-  for (var s = 0u; s < STEPS; s++) {
+  for (var s = 0u; s < steps; s++) {
     ${xLoads.join("\n    ")}
     ${rowMath.join("\n    ")}
   }
@@ -627,12 +646,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
  * loads k-step `s` of row r as two vec4s (`lo`/`hi` for 16-bit packed: even/odd k;
  * `wa`/`wb`: k 0-3, 4-7 otherwise), and where row r starts.
  */
-function weightReads(dtype: WeightDtype, K: number, tex: boolean, native: boolean) {
-  let wDecl: string, perRow: number, helpers = "", loadRow: (r: number) => string;
+function weightReads(dtype: WeightDtype, tex: boolean, native: boolean) {
+  let wDecl: string, perRow = "", helpers = "", loadRow: (r: number) => string;
   if (tex) {
     // Row r's k-step s is texel (s, row) (F32: texels 2s and 2s + 1); see weight_texture.ts.
     wDecl = `var w: texture_2d<u32>; // W chunk: texel row n = row n, 16 bytes per texel`;
-    perRow = (K * DTYPE_BYTES[dtype]) / TEXEL_BYTES;
     const at = (x: string, r: number) => `textureLoad(w, vec2<u32>(${x}, row${r}), 0)`;
     loadRow = dtype === "F32"
       ? (r) =>
@@ -642,13 +660,13 @@ function weightReads(dtype: WeightDtype, K: number, tex: boolean, native: boolea
   } else if (dtype === "F32" || native) {
     const elem = native ? "vec4<f16>" : "vec4<f32>";
     wDecl = `var<storage, read> w: array<${elem}>; // W chunk: 4 weights per element`;
-    perRow = K / 4;
+    perRow = "p.K / 4u";
     const cvt = (e: string) => (native ? `vec4<f32>(${e})` : e);
     loadRow = (r) =>
       `let wa${r} = ${cvt(`w[w${r} + 2u * s]`)}; let wb${r} = ${cvt(`w[w${r} + 2u * s + 1u]`)};`;
   } else {
     wDecl = `var<storage, read> w: array<vec4<u32>>; // W chunk: 8 weights per element`;
-    perRow = K / 8;
+    perRow = "p.K / 8u";
     loadRow = (r) => `let u${r} = w[w${r} + s]; let lo${r} = lo(u${r}); let hi${r} = hi(u${r});`;
   }
   if (dtype !== "F32" && !native) {
@@ -666,7 +684,7 @@ fn hi(u: vec4<u32>) -> vec4<f32> {
   const rowStart = (r: number) =>
     tex
       ? `let row${r} = min(n0 + ${r}u, last);`
-      : `let w${r} = p.wBase + min(n0 + ${r}u, last) * PER_ROW;`;
+      : `let w${r} = p.wBase + min(n0 + ${r}u, last) * perRow;`;
   return { wDecl, perRow, helpers, loadRow, rowStart };
 }
 

@@ -301,6 +301,30 @@ gpuTest(
 );
 
 gpuTest(
+  "matmul() fast path: matrices of different K share one pipeline in one encoder, each exact",
+  async (gpu, rng) => {
+    // K is a parameter of the fast-path kernel, not part of its source: a shorter K after a
+    // longer one (and the reverse) must not read the other's X or row stride.
+    const T = 3, N = 40;
+    for (const storage of ["buffer", "texture"] as const) {
+      const cases = [1000, 24, 4096].map((K) => {
+        const w = randomMatrix(rng, N, K, "BF16"), x = uniforms(rng, T * K, 1);
+        const m = uploadMatrix(gpu, { bytes: w.bytes, dtype: "BF16", N, K, storage });
+        return { K, w, x, m, xb: gpu.upload(x), y: gpu.poisoned(T * N) };
+      });
+      await gpu.run((enc) => {
+        for (const c of cases) matmul(gpu, enc, { x: c.xb, w: c.m, y: c.y, T, family: "cpu" });
+      });
+      for (const c of cases) {
+        const ref = matmulRef({ x: c.x, w: c.w.values, T, N, K: c.K });
+        assertClose(await gpu.read(c.y), ref, TOL.BF16, `K=${c.K} (${storage})`);
+        destroyMatrix(c.m);
+      }
+    }
+  },
+);
+
+gpuTest(
   "matmul() reads the new weights after writeMatrix(), from a buffer or a texture",
   async (gpu, rng) => {
     const [T, N, K] = [2, 50, 64];
