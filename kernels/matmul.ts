@@ -64,16 +64,15 @@
  *   1.0 GB/s), BF16 (14336, 4096): T = 1 0.99 → 4.75 GB/s, T = 8 0.85 → 2.35 GB/s.
  * - v6 (this file) K is a parameter instead of a constant of the source, and every X binding
  *   is the adapter's whole uniform window (64 KiB: any K ≤ 16384), so ONE pipeline serves
- *   q/o/gate/up (K = D) and down (K = I). Each pipeline costs lavapipe 40–65 ms to create
+ *   q/o/gate/up (K = D) and down (K = I): a Llama layer needs two matmul pipelines (RR = 16,
+ *   and RR = 8 for the narrow k/v) instead of three. Each costs lavapipe 40–65 ms to create
  *   with Mesa's shader cache warm; the 8B-shaped capture's span before layer 0 went from a
- *   median 625 to 597 ms (6 runs each). Speed unchanged: same-process A/B at T = 8, (14336,
- *   4096) 46.0–46.7 ms against 46.6–47.8, (4096, 14336) 43.4–45.5 against 44.0–44.6.
- *   On a machine's first run (Mesa's shader cache cold) llvmpipe compiles ~0.8 s of LLVM per
- *   variant, and it makes a variant per pipeline per texture shape class (power-of-two
- *   width or not, height or not): Llama-3-8B's layer took four (q/o, gate/up, down, and k/v
- *   at RR = 8). Weight textures now have no power-of-two side (weight_texture.ts pads them
- *   by a texel or a row) and k/v run at RR = 16 too (4 workgroups per thread instead of 8),
- *   so it is one: the cold 8-token capture took 3.45–3.79 s instead of 5.6–6.7 s.
+ *   median 625 to 597 ms (6 runs each). A first run with a cold cache is not faster: llvmpipe
+ *   compiles a variant of a pipeline (~0.8 s of LLVM) per class of texture it reads (width a
+ *   power of two or not, height likewise), so a Llama layer still compiles four (see
+ *   docs/BENCHMARKS.md, session 4, for the padding that would make it one, and why it is out).
+ *   Speed unchanged: same-process A/B at T = 8, (14336, 4096) 46.0–46.7 ms against
+ *   46.6–47.8, (4096, 14336) 43.4–45.5 against 44.0–44.6.
  *
  * ## Why it looks like this (what limits it on lavapipe)
  * lavapipe runs 8 invocations in one 256-bit SIMD register, but a storage-buffer load whose
@@ -482,14 +481,11 @@ export function planMatmul(
   }
   let RR = 1;
   if (fast) {
-    // Enough workgroups to balance the load over every CPU thread (or GPU core): 4 per
-    // thread. Fewer rows per invocation is another pipeline (another ~0.8 s of LLVM on a
-    // first run); with 8 per thread, Llama's k/v (N = 1024) needed RR = 8 on 2 threads, and
-    // RR = 16 there measured the same (capture medians 2.50 against 2.49 s).
+    // Enough workgroups to balance the load over every CPU thread (or GPU core): 8 per thread.
     const threads = (globalThis.navigator?.hardwareConcurrency ?? 4) || 4;
     const rows = chunks[0].rows;
     RR = MAX_RR;
-    while (RR > 1 && Math.ceil(rows / (RR * FAST_WG)) < 4 * threads) RR /= 2;
+    while (RR > 1 && Math.ceil(rows / (RR * FAST_WG)) < 8 * threads) RR /= 2;
   }
   return {
     path,

@@ -29,9 +29,7 @@
  * ```
  *
  * A matrix fits when its rows are whole texels (K·bytes a multiple of 16) and W ≤
- * `maxTextureDimension2D`; others stay in buffers. A texture side that is a power of two is
- * allocated one texel or row longer ({@linkcode textureSize}), which nothing reads: llvmpipe
- * compiles a shader once per such shape class, so every weight texture has the same one.
+ * `maxTextureDimension2D`; others stay in buffers.
  * @module
  */
 import type { Gpu } from "./gpu.ts";
@@ -75,37 +73,17 @@ export function textureLayout(
   return { width, rowsPerTexture, textures: Math.ceil(m.N / rowsPerTexture), rowBytes };
 }
 
-/**
- * Uninitialised weight textures for `layout` (contents undefined until written). Each is
- * allocated one texel wider and one row taller than the layout needs where that dimension
- * is a power of two (see {@linkcode textureSize}); the kernel never reads the padding.
- */
+/** Uninitialised weight textures for `layout` (contents undefined until written). */
 export function allocWeightTextures(gpu: Gpu, layout: TextureLayout, label?: string): GPUTexture[] {
-  const { textures } = layout;
-  const [w, h] = textureSize(gpu, layout);
-  gpu.bytesAllocated += w * h * TEXEL_BYTES * textures;
+  const { width, rowsPerTexture: R, textures, rowBytes } = layout;
+  gpu.bytesAllocated += rowBytes * R * textures;
   return Array.from({ length: textures }, (_, i) =>
     gpu.device.createTexture({
       label: textures > 1 ? `${label ?? "weights"} ${i}` : label,
-      size: [w, h],
+      size: [width, R],
       format: "rgba32uint",
       usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
     }));
-}
-
-/**
- * The size [width, height] a weight texture of `layout` is allocated with: the layout's
- * texels per row and rows, each plus one where it is a power of two (and the device allows
- * one more). llvmpipe compiles a variant of a shader for every combination of "width is a
- * power of two" and "height is a power of two" among the textures it reads, ~0.8 s of LLVM
- * work each on a machine's first run (Mesa caches them on disk): Llama-3-8B's q/o (512 ×
- * 4096 texels), gate/up (512 × 14336) and down (1792 × 4096) were three variants of one
- * matmul kernel, and are one this way. The padding costs 16 bytes a row.
- */
-export function textureSize(gpu: Pick<Gpu, "device">, layout: TextureLayout): [number, number] {
-  const maxDim = gpu.device.limits.maxTextureDimension2D;
-  const pad = (n: number) => ((n & (n - 1)) === 0 && n < maxDim ? n + 1 : n);
-  return [pad(layout.width), pad(layout.rowsPerTexture)];
 }
 
 /** One `writeTexture` call of {@linkcode textureWrites}: a rectangle of texels. */

@@ -1,12 +1,9 @@
 import assert from "node:assert/strict";
-import { assertClose, freshSeed, gpuTest, Rng } from "./_helpers.ts";
-import { destroyMatrix, matmul, matmulRef, uploadMatrix } from "../kernels/matmul.ts";
-import { decodeWeights, encodeWeights } from "../kernels/dtype.ts";
+import { freshSeed, Rng } from "./_helpers.ts";
 import {
   TEXEL_BYTES,
   type TextureLayout,
   textureLayout,
-  textureSize,
   textureWrites,
 } from "../kernels/weight_texture.ts";
 import type { Gpu } from "../kernels/gpu.ts";
@@ -89,43 +86,3 @@ Deno.test("textureLayout() fits rows as texels and returns null where a texture 
   assert.equal(textureLayout(limits(8), { dtype: "BF16", N: 17, K: 8 })?.textures, 3);
   assert.equal(textureLayout(limits(8192), { dtype: "F16", N: 17, K: 8 }, 5)?.textures, 4);
 });
-
-Deno.test("textureSize() pads each power-of-two side by one, so every weight texture has one shape class", () => {
-  const size = (width: number, rowsPerTexture: number, maxDim = 16384) =>
-    textureSize(limits(maxDim), { width, rowsPerTexture, textures: 1, rowBytes: width * 16 });
-  // Llama-3-8B BF16: q/o, k/v, gate/up, down. llvmpipe compiles a shader variant per
-  // combination of "width is a power of two" and "height is a power of two".
-  assert.deepEqual(size(512, 4096), [513, 4097]);
-  assert.deepEqual(size(512, 1024), [513, 1025]);
-  assert.deepEqual(size(512, 14336), [513, 14336]);
-  assert.deepEqual(size(1792, 4096), [1792, 4097]);
-  assert.deepEqual(size(1, 1), [2, 2]); // 1 is 2^0 too
-  // Never past the device's limit: a side at the limit stays as it is.
-  assert.deepEqual(size(8192, 8192, 8192), [8192, 8192]);
-  const isPow2 = (n: number) => (n & (n - 1)) === 0;
-  for (const [w, h] of [[512, 4096], [512, 1024], [512, 14336], [1792, 4096], [96, 40]]) {
-    const [pw, ph] = size(w, h);
-    assert(
-      !isPow2(pw) && !isPow2(ph) && pw - w <= 1 && ph - h <= 1,
-      `${w} x ${h} -> ${pw} x ${ph}`,
-    );
-  }
-});
-
-gpuTest(
-  "uploadMatrix() pads power-of-two texture sides; matmul() reads only the matrix",
-  async (gpu, rng) => {
-    // (64, 64) BF16: rows of 8 texels, 64 rows per texture, both powers of two.
-    const [T, N, K] = [3, 64, 64];
-    const w = new Float32Array(N * K).map(() => rng.next() * 2 - 1);
-    const bytes = encodeWeights(w, "BF16");
-    const x = new Float32Array(T * K).map(() => rng.next() * 2 - 1);
-    const m = uploadMatrix(gpu, { bytes, dtype: "BF16", N, K, storage: "texture" });
-    assert.deepEqual([m.textures![0].width, m.textures![0].height], [9, 65]);
-    const y = gpu.poisoned(T * N);
-    await gpu.run((enc) => matmul(gpu, enc, { x: gpu.upload(x), w: m, y, T, family: "cpu" }));
-    const ref = matmulRef({ x, w: decodeWeights(bytes, "BF16"), T, N, K });
-    assertClose(await gpu.read(y), ref, 1e-4, "padded texture");
-    destroyMatrix(m);
-  },
-);
