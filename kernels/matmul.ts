@@ -562,7 +562,7 @@ export function fastShader(
     variant: MatmulVariant;
     /** Where W is read from (default "buffer"); a texture is always read packed. */
     weights?: "buffer" | "texture";
-    /** vec4s in each X binding: the adapter's uniform binding limit / 16 (any K up to 4·xVec4s runs). */
+    /** vec4s in each X binding: the uniform binding limit / 16 (runs any K ≤ 4·xVec4s). */
     xVec4s: number;
     TT: number;
     RR: number;
@@ -608,7 +608,6 @@ ${bias ? "@group(0) @binding(3) var<storage, read> bias: array<f32>; // (N)\n" :
       xDecls.join("\n")
     }
 ${helpers}
-
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -23,8 +23,8 @@
  * before it needs the hardware (our WebGPU device request; the peer's first file read,
  * after `import torch`) to K in hand; process wall times (start-up included) and their
  * ratio are printed too, and each side's CPU time (user + system, every thread), which a
- * busy machine disturbs less than wall time. The two K tensors are compared (relative L2) so the race
- * is between equal answers.
+ * busy machine disturbs less than wall time. The two K tensors are compared (relative L2)
+ * so the race is between equal answers.
  * Needs /usr/bin/python3 with python3-torch; not part of CI.
  * @module
  */
