@@ -128,7 +128,9 @@ export async function chooseWeightStorage(
   if (env) {
     return apply({ storage: env, measured: false, reason: `forced by ${WEIGHTS_ENV}=${env}` });
   }
-  const key = adapterKey(gpu) + "|weights";
+  // The texture's read path is in the key: a choice timed with sampled reads (before matmul
+  // v7) is timed again now that textures are read as storage textures.
+  const key = `${adapterKey(gpu)}|weights|${gpu.textureReads}`;
   return apply(await cachedOrMeasured(key, opts, () => measureStorage(gpu, opts)));
 }
 
@@ -294,6 +296,7 @@ async function measureStorage(gpu: Gpu, opts: ChooseOptions): Promise<StorageCho
     measured: true,
     ms,
     reason: `measured ${gpu.hasTimestamps ? "with timestamp-query" : "by wall clock"} at ` +
-      `(${N}, ${K}) BF16, T = 1 / 8: buffer ${fmt("buffer")}, texture ${fmt("texture")}`,
+      `(${N}, ${K}) BF16, T = 1 / 8: buffer ${fmt("buffer")}, texture ${fmt("texture")} ` +
+      `(${gpu.textureReads} reads)`,
   };
 }

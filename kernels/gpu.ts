@@ -34,6 +34,23 @@ export type KernelFamily = "cpu" | "gpu";
  */
 export type WeightStorage = "buffer" | "texture";
 
+/**
+ * How kernels read a weight texture: as a read-only storage texture (an image load), or as
+ * a sampled texture (a texel fetch). llvmpipe runs image loads in far fewer instructions
+ * (matmul.ts, v7); sampled reads are the fallback where WGSL lacks read-only storage textures.
+ */
+export type TextureReads = "storage" | "sampled";
+
+/**
+ * Whether this runtime's WGSL has read-only storage textures (the language feature
+ * `readonly_and_readwrite_storage_textures`): "storage" when it does, else "sampled".
+ */
+export function detectTextureReads(): TextureReads {
+  const features = (navigator.gpu as { wgslLanguageFeatures?: ReadonlySet<string> })
+    .wgslLanguageFeatures;
+  return features?.has("readonly_and_readwrite_storage_textures") ? "storage" : "sampled";
+}
+
 /** Environment variable that forces a kernel family on any adapter: `gpu` or `cpu`. */
 export const KERNELS_ENV = "GQA_VIZ_KERNELS";
 
@@ -112,6 +129,11 @@ export class Gpu {
   weightStorage: WeightStorage = "buffer";
   /** One sentence: why {@linkcode weightStorage} is what it is. */
   weightStorageReason = "not measured yet (chooseKernels in choose.ts measures it)";
+  /**
+   * How weight textures allocated from now on are read ({@linkcode detectTextureReads});
+   * tests set "sampled" to check that both reads agree.
+   */
+  textureReads: TextureReads = detectTextureReads();
   readonly #pipelines = new Map<string, GPUComputePipeline>();
   #firstError: string | null = null;
   /** The compute pass left open on each encoder, so consecutive dispatches share one. */

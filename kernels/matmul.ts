@@ -62,7 +62,7 @@
  * - v5 the same kernel can read W from textures instead (`textureLoad`; see "Texture
  *   weights"). On an AMD EPYC (Zen 3) VM where lavapipe's buffer reads crawl (read probe
  *   1.0 GB/s), BF16 (14336, 4096): T = 1 0.99 → 4.75 GB/s, T = 8 0.85 → 2.35 GB/s.
- * - v6 (this file) K is a parameter instead of a constant of the source, and every X binding
+ * - v6 K is a parameter instead of a constant of the source, and every X binding
  *   is the adapter's whole uniform window (64 KiB: any K ≤ 16384), so ONE pipeline serves
  *   q/o/gate/up (K = D) and down (K = I): a Llama layer needs two matmul pipelines (RR = 16,
  *   and RR = 8 for the narrow k/v) instead of three. Each costs lavapipe 40–65 ms to create
@@ -73,6 +73,14 @@
  *   docs/BENCHMARKS.md, session 4, for the padding that would make it one, and why it is out).
  *   Speed unchanged: same-process A/B at T = 8, (14336, 4096) 46.0–46.7 ms against
  *   46.6–47.8, (4096, 14336) 43.4–45.5 against 44.0–44.6.
+ * - v7 (this file) texture weights are read as read-only storage textures
+ *   (`texture_storage_2d<rgba32uint, read>`, an image load) instead of sampled ones (a texel
+ *   fetch at level 0), where WGSL has them (every adapter we test). A profile of v6 put most of
+ *   its time in llvmpipe's texel-fetch function, which handles a mip level per lane (row
+ *   strides and level offsets gathered lane by lane, widths shifted per lane) and checks bounds
+ *   before its 8 loads; an image load has no level. Same kernel otherwise, same process,
+ *   alternating, medians: (14336, 4096) T = 8 47.3 → 38.8 ms, (4096, 14336) T = 8 50.3 →
+ *   40.0, (14336, 4096) T = 1 23.3 → 14.5 ms (5.0 → 8.1 GB/s); results bit-identical.
  *
  * ## Why it looks like this (what limits it on lavapipe)
  * lavapipe runs 8 invocations in one 256-bit SIMD register, but a storage-buffer load whose
@@ -90,14 +98,23 @@
  * That scalar loop inserts each word into the SIMD register through the stack (store the
  * register, overwrite one lane, reload it). Where the CPU cannot forward such a store to the
  * wider reload (Zen 3 here) every load stalls, and the probe drops from ~12 GB/s to ~1 GB/s.
- * Texel fetches take another road in llvmpipe (gathers, no per-lane loop), so a matrix may
- * live in `rgba32uint` textures instead: row n is texel row n, k-step s is texel s
- * (weight_texture.ts has the layout and the writes). {@linkcode allocMatrix} uses
- * `gpu.weightStorage`, which `chooseKernels` (choose.ts) sets by timing both once per
- * adapter; the kernel differs only in its loads. The GPU family always reads buffers.
+ * Texture reads take another road in llvmpipe (no per-lane loop), so a matrix may live in
+ * `rgba32uint` textures instead: row n is texel row n, k-step s is texel s
+ * (weight_texture.ts has the layout and the writes). The kernel reads them as read-only
+ * storage textures (image loads, v7) where WGSL has them (`gpu.textureReads`), else as
+ * sampled textures (texel fetches). {@linkcode allocMatrix} uses `gpu.weightStorage`, which
+ * `chooseKernels` (choose.ts) sets by timing both once per adapter and read path; the kernel
+ * differs only in its loads. The GPU family always reads buffers.
  * @module
  */
-import { type Binding, type Gpu, grid2d, type KernelFamily, type WeightStorage } from "./gpu.ts";
+import {
+  type Binding,
+  type Gpu,
+  grid2d,
+  type KernelFamily,
+  type TextureReads,
+  type WeightStorage,
+} from "./gpu.ts";
 import { gpuMatmulSupports, matmulGpu } from "./matmul_gpu.ts";
 import { DTYPE_BYTES, type WeightDtype } from "./dtype.ts";
 import { GqaError } from "../errors.ts";
@@ -125,7 +142,13 @@ export interface MatrixShape {
  */
 export type GpuMatrix =
   | MatrixShape & { buffer: GPUBuffer; textures?: undefined }
-  | MatrixShape & { textures: GPUTexture[]; layout: TextureLayout; buffer?: undefined };
+  | MatrixShape & {
+    textures: GPUTexture[];
+    layout: TextureLayout;
+    /** How the kernel reads them (fixed when they are made: storage reads need their usage). */
+    reads: TextureReads;
+    buffer?: undefined;
+  };
 
 /** Arguments of {@linkcode matmul}. */
 export interface MatmulArgs {
@@ -207,6 +230,8 @@ export interface MatrixOptions extends MatrixShape {
   storage?: WeightStorage;
   /** Rows per weight texture (default and maximum: the device's 2-D texture limit); tests set it low to force several textures. */
   textureRows?: number;
+  /** How a texture matrix is read (default `gpu.textureReads`); tests compare both. */
+  textureReads?: TextureReads;
 }
 
 /**
@@ -268,7 +293,9 @@ export function allocMatrix(gpu: Gpu, m: MatrixOptions): GpuMatrix {
   }
   const storage = m.storage ?? (gpu.kernels === "cpu" ? gpu.weightStorage : "buffer");
   if (storage === "texture" && layout) {
-    return { ...shape, textures: allocWeightTextures(gpu, layout, m.label), layout };
+    const reads = m.textureReads ?? gpu.textureReads;
+    const textures = allocWeightTextures(gpu, layout, { label: m.label, reads });
+    return { ...shape, textures, layout, reads };
   }
   return { ...shape, buffer: gpu.buffer(m.N * m.K * DTYPE_BYTES[m.dtype], m.label) };
 }
@@ -358,6 +385,7 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
           dtype: w.dtype,
           variant: plan.variant,
           weights: w.textures ? "texture" : "buffer",
+          textureReads: w.textures ? w.reads : undefined,
           xVec4s,
           TT: p.tokens,
           RR,
@@ -562,6 +590,8 @@ export function fastShader(
     variant: MatmulVariant;
     /** Where W is read from (default "buffer"); a texture is always read packed. */
     weights?: "buffer" | "texture";
+    /** How a texture is read (default "storage": an image load; "sampled": a texel fetch). */
+    textureReads?: TextureReads;
     /** vec4s in each X binding: the uniform binding limit / 16 (runs any K ≤ 4·xVec4s). */
     xVec4s: number;
     TT: number;
@@ -573,7 +603,10 @@ export function fastShader(
   const { dtype, xVec4s, TT, RR, WG, bias } = s;
   const tex = s.weights === "texture";
   const native = dtype === "F16" && s.variant === "f16" && !tex;
-  const { wDecl, perRow, helpers, loadRow, rowStart } = weightReads(dtype, tex, native);
+  const { wDecl, perRow, helpers, loadRow, rowStart } = weightReads(dtype, {
+    tex: tex ? (s.textureReads ?? "storage") : undefined,
+    native,
+  });
   const packed = !(dtype === "F32" || native);
   const rows = [...Array(RR).keys()], toks = [...Array(TT).keys()];
   const xDecls = toks.map((t) =>
@@ -598,7 +631,7 @@ export function fastShader(
     ).join(" ")
   );
   return `// matmul fast path (v6): W ${dtype}${native ? " read as f16" : ""}${
-    tex ? " from a texture" : ""
+    tex ? ` from a ${s.textureReads === "sampled" ? "sampled" : "storage"} texture` : ""
   }, any K ≤ ${4 * xVec4s}, ` +
     `${TT} token(s) x ${RR} row(s) per invocation${bias ? ", bias" : ""}
 ${native ? "enable f16;\n" : ""}${PARAMS}
@@ -647,12 +680,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
  * loads k-step `s` of row r as two vec4s (`lo`/`hi` for 16-bit packed: even/odd k;
  * `wa`/`wb`: k 0-3, 4-7 otherwise), and where row r starts.
  */
-function weightReads(dtype: WeightDtype, tex: boolean, native: boolean) {
+function weightReads(dtype: WeightDtype, o: { tex?: TextureReads; native: boolean }) {
+  const { tex, native } = o;
   let wDecl: string, perRow = "", helpers = "", loadRow: (r: number) => string;
   if (tex) {
     // Row r's k-step s is texel (s, row) (F32: texels 2s and 2s + 1); see weight_texture.ts.
-    wDecl = `var w: texture_2d<u32>; // W chunk: texel row n = row n, 16 bytes per texel`;
-    const at = (x: string, r: number) => `textureLoad(w, vec2<u32>(${x}, row${r}), 0)`;
+    // A storage texture is read with an image load (no mip level), a sampled one with a
+    // texel fetch at level 0: same texels, far fewer instructions on llvmpipe for the first.
+    const storage = tex === "storage";
+    wDecl = `var w: ${storage ? "texture_storage_2d<rgba32uint, read>" : "texture_2d<u32>"}; ` +
+      `// W chunk: texel row n = row n, 16 bytes per texel`;
+    const at = (x: string, r: number) =>
+      `textureLoad(w, vec2<u32>(${x}, row${r})${storage ? "" : ", 0"})`;
     loadRow = dtype === "F32"
       ? (r) =>
         `let wa${r} = bitcast<vec4<f32>>(${at("2u * s", r)}); ` +

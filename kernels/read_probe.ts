@@ -36,7 +36,7 @@
  * (Zen 3) VM the buffer patterns all read ~1 GB/s while the texture probe reads 6–8 GB/s.
  * @module
  */
-import { type Gpu, grid2d } from "./gpu.ts";
+import { type Gpu, grid2d, type TextureReads } from "./gpu.ts";
 
 /** One way of reading the buffer. */
 export interface ReadProbePattern {
@@ -245,14 +245,23 @@ export const TEXTURE_PROBE_PATTERNS: readonly TextureProbePattern[] = [
   { name: "texture rows x1 wg64", rows: 1, workgroupSize: 64 },
 ];
 
-/** Source of a texture pattern's kernel. Params: the texture's width and height in texels. */
-export function readProbeTextureShader(p: TextureProbePattern): string {
+/**
+ * Source of a texture pattern's kernel, reading the texture as matmul.ts does: as a
+ * read-only storage texture (default) or a sampled one. Params: its width and height in texels.
+ */
+export function readProbeTextureShader(
+  p: TextureProbePattern,
+  reads: TextureReads = "storage",
+): string {
   const R = p.rows, WG = p.workgroupSize;
   const rows = [...Array(R).keys()];
-  return `// texture read probe: ${p.name}
+  const storage = reads === "storage";
+  return `// texture read probe: ${p.name}, ${reads} reads
 struct Params { width: u32, height: u32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var t: texture_2d<u32>;
+@group(0) @binding(1) var t: ${
+    storage ? "texture_storage_2d<rgba32uint, read>" : "texture_2d<u32>"
+  };
 @group(0) @binding(2) var<storage, read_write> o: array<u32>; // one word per invocation
 
 @compute @workgroup_size(${WG})
@@ -264,7 +273,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let last = p.height - 1u;                          // rows past the end re-read the last
     ${rows.map((r) => `let y${r} = min(r0 + ${r}u, last);`).join("\n    ")}
     for (var x = 0u; x < p.width; x++) {
-      ${rows.map((r) => `let v${r} = textureLoad(t, vec2<u32>(x, y${r}), 0);`).join("\n      ")}
+      ${
+    rows.map((r) => `let v${r} = textureLoad(t, vec2<u32>(x, y${r})${storage ? "" : ", 0"});`)
+      .join("\n      ")
+  }
       s ^= ${
     rows.map((r) => (r === 0 ? "v0" : `select(vec4<u32>(0u), v${r}, r0 + ${r}u < p.height)`))
       .join(" ^ ")
@@ -284,19 +296,22 @@ export function readProbeTextureInvocations(p: TextureProbePattern, height: numb
 /**
  * Records one texture probe dispatch reading every texel of an `rgba32uint` texture into
  * `out` (at least 4 · {@linkcode readProbeTextureInvocations} bytes; XOR of its words is
- * the XOR of the texture's words).
+ * the XOR of the texture's words). Reads it as a storage texture when its usage allows,
+ * as the weight textures are read (unless `reads` says otherwise).
  */
 export function readProbeTexture(
   gpu: Gpu,
   encoder: GPUCommandEncoder,
-  a: { texture: GPUTexture; out: GPUBuffer; pattern: TextureProbePattern },
+  a: { texture: GPUTexture; out: GPUBuffer; pattern: TextureProbePattern; reads?: TextureReads },
 ): void {
   const { width, height } = a.texture;
   const n = readProbeTextureInvocations(a.pattern, height);
   const params = gpu.uniform(new Uint32Array([width, height, 0, 0]));
+  const reads = a.reads ??
+    (a.texture.usage & GPUTextureUsage.STORAGE_BINDING ? "storage" : "sampled");
   gpu.dispatch(
     encoder,
-    gpu.pipeline(readProbeTextureShader(a.pattern)),
+    gpu.pipeline(readProbeTextureShader(a.pattern, reads)),
     [params, a.texture.createView(), { buffer: a.out, size: n * 4 }],
     grid2d(n / a.pattern.workgroupSize),
   );

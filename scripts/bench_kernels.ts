@@ -121,7 +121,8 @@ const probeTexs = Array.from({ length: ROTATION_BYTES / PROBE_BUF }, (_, i) => {
   const texture = gpu.device.createTexture({
     size: [TEX_W, TEX_H],
     format: "rgba32uint",
-    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST |
+      (gpu.textureReads === "storage" ? GPUTextureUsage.STORAGE_BINDING : 0), // read as matmul does
   });
   const w = new Uint32Array(PROBE_BUF / 4).fill(i + 1);
   gpu.device.queue.writeTexture({ texture }, w, { bytesPerRow: TEX_W * 16 }, [TEX_W, TEX_H]);
@@ -132,7 +133,10 @@ const texOut = gpu.buffer(
 );
 const texRecord = (pattern: TextureProbePattern) => (enc: GPUCommandEncoder, i: number) =>
   readProbeTexture(gpu, enc, { texture: probeTexs[i % probeTexs.length], out: texOut, pattern });
-console.log(`texture read probe (${probeTexs.length} × 64 MB textures of ${TEX_W} × ${TEX_H}):`);
+console.log(
+  `texture read probe (${probeTexs.length} × 64 MB textures of ${TEX_W} × ${TEX_H}, ` +
+    `${gpu.textureReads} reads):`,
+);
 let texBest = 0, bestTex = TEXTURE_PROBE_PATTERNS[0];
 for (const pattern of TEXTURE_PROBE_PATTERNS) {
   const gbps = PROBE_BUF / await timeOps(gpu, texRecord(pattern)) / 1e9;

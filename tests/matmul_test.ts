@@ -20,7 +20,7 @@ import {
   writeMatrixBytes,
 } from "../kernels/matmul.ts";
 import { decodeWeights, encodeWeights, type WeightDtype } from "../kernels/dtype.ts";
-import type { Gpu, KernelFamily, WeightStorage } from "../kernels/gpu.ts";
+import type { Gpu, KernelFamily, TextureReads, WeightStorage } from "../kernels/gpu.ts";
 import { GEMV_MAX_T, planMatmulGpu } from "../kernels/matmul_gpu.ts";
 import { GqaError } from "../errors.ts";
 import assert from "node:assert/strict";
@@ -57,6 +57,7 @@ interface Case {
   family?: KernelFamily;
   storage?: WeightStorage;
   textureRows?: number;
+  textureReads?: TextureReads;
 }
 
 const FAMILIES: KernelFamily[] = ["cpu", "gpu"];
@@ -74,6 +75,7 @@ async function check(gpu: Gpu, rng: Rng, c: Case): Promise<void> {
     K,
     storage: c.storage ?? "buffer",
     textureRows: c.textureRows,
+    textureReads: c.textureReads,
   });
   const y = gpu.poisoned(T * N); // (T, N) NaN: any element the kernel misses stays NaN
   const args: MatmulArgs = {
@@ -92,7 +94,8 @@ async function check(gpu: Gpu, rng: Rng, c: Case): Promise<void> {
   const what = `T=${T} N=${N} K=${K} ${dtype} ${c.variant ?? "default"}${c.bias ? " +bias" : ""}` +
     (c.maxBindingBytes ? ` maxBindingBytes=${c.maxBindingBytes}` : "") +
     (c.gridLimit ? ` gridLimit=${c.gridLimit}` : "") + (c.family ? ` family=${c.family}` : "") +
-    (c.storage ? ` storage=${c.storage}` : "") + (c.textureRows ? ` rows=${c.textureRows}` : "");
+    (c.storage ? ` storage=${c.storage}` : "") + (c.textureRows ? ` rows=${c.textureRows}` : "") +
+    (c.textureReads ? ` reads=${c.textureReads}` : "");
   assertClose(got, matmulRef({ x, w: w.values, T, N, K, bias }), TOL[dtype], what);
   destroyMatrix(m);
   y.destroy();
@@ -343,8 +346,14 @@ gpuTest(
 );
 
 gpuTest(
-  "matmul() reads weights from textures: every dtype, awkward sizes, bias, several textures",
+  "matmul() reads weights from textures, as storage and as sampled textures: every dtype, " +
+    "awkward sizes, bias, several textures",
   async (gpu, rng) => {
+    // Storage reads (image loads) where WGSL has read-only storage textures; sampled reads
+    // (texel fetches) everywhere.
+    const modes: TextureReads[] = gpu.textureReads === "storage"
+      ? ["storage", "sampled"]
+      : ["sampled"];
     // [T, N, K, rows per texture]: the fast path's shapes (K % 8 == 0)
     const shapes: [number, number, number, number?][] = [
       [3, 1030, 4096], // N not a multiple of 16 rows × 8 invocations
@@ -358,16 +367,19 @@ gpuTest(
     for (const [T, N, K, textureRows] of shapes) {
       for (const dtype of DTYPES) {
         for (const bias of [false, true]) {
-          await check(gpu, rng, {
-            T,
-            N,
-            K,
-            dtype,
-            bias,
-            family: "cpu",
-            storage: "texture",
-            textureRows,
-          });
+          for (const textureReads of modes) {
+            await check(gpu, rng, {
+              T,
+              N,
+              K,
+              dtype,
+              bias,
+              family: "cpu",
+              storage: "texture",
+              textureRows,
+              textureReads,
+            });
+          }
         }
       }
     }

@@ -13,7 +13,7 @@ import {
   readProbeTextureInvocations,
   TEXTURE_PROBE_PATTERNS,
 } from "../kernels/read_probe.ts";
-import type { Gpu } from "../kernels/gpu.ts";
+import type { Gpu, TextureReads } from "../kernels/gpu.ts";
 import assert from "node:assert/strict";
 
 Deno.test("readProbeRef() is the XOR of all words", () => {
@@ -61,23 +61,29 @@ gpuTest(
     for (const [width, height] of [[1, 1], [37, 301], [512, 17]]) {
       const words = new Uint32Array(width * height * 4);
       for (let i = 0; i < words.length; i++) words[i] = (rng.next() * 2 ** 32) >>> 0;
+      const storage = gpu.textureReads === "storage";
       const texture = gpu.device.createTexture({
         size: [width, height],
         format: "rgba32uint",
-        usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+        usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST |
+          (storage ? GPUTextureUsage.STORAGE_BINDING : 0),
       });
       gpu.device.queue.writeTexture({ texture }, words, { bytesPerRow: width * 16 }, [
         width,
         height,
       ]);
+      const modes: TextureReads[] = storage ? ["storage", "sampled"] : ["sampled"];
       for (const pattern of TEXTURE_PROBE_PATTERNS) {
-        const poison = new Uint32Array(readProbeTextureInvocations(pattern, height));
-        for (let i = 0; i < poison.length; i++) poison[i] = (rng.next() * 2 ** 32) >>> 0;
-        const out = gpu.upload(poison);
-        await gpu.run((enc) => readProbeTexture(gpu, enc, { texture, out, pattern }));
-        const got = readProbeRef(new Uint32Array(await gpu.readBytes(out)));
-        assert.equal(got, readProbeRef(words), `${pattern.name} at ${width} × ${height}`);
-        out.destroy();
+        for (const reads of modes) {
+          const poison = new Uint32Array(readProbeTextureInvocations(pattern, height));
+          for (let i = 0; i < poison.length; i++) poison[i] = (rng.next() * 2 ** 32) >>> 0;
+          const out = gpu.upload(poison);
+          await gpu.run((enc) => readProbeTexture(gpu, enc, { texture, out, pattern, reads }));
+          const got = readProbeRef(new Uint32Array(await gpu.readBytes(out)));
+          const where = `${pattern.name}, ${reads} reads, at ${width} × ${height}`;
+          assert.equal(got, readProbeRef(words), where);
+          out.destroy();
+        }
       }
       texture.destroy();
     }
