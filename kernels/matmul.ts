@@ -16,14 +16,15 @@
  * accumulators in registers. Per k-step it loads one k-step of each of its RR rows (RR
  * contiguous streams) and the 8 matching values of each token's X row, then does RR·TT·8
  * multiply-adds. So every weight loaded is used TT times and every X value RR times.
- * X is read through uniform bindings, one per token (`x0 … x7`, windows of a staging copy):
- * see "Why uniform X" below. T > 8 runs in passes of 8 tokens: the weights are read
- * ⌈T/8⌉ times, not T times.
+ * X is read from a read-only storage texture (`rgba32float`, row t = token t; v8) where WGSL
+ * has them and K % 64 == 0, else through uniform bindings, one per token (`x0 … x7`, windows
+ * of a staging copy): see "Why uniform X" below. T > 8 runs in passes of 8 tokens: the
+ * weights are read ⌈T/8⌉ times, not T times.
  *
  * ```
  *   invocation i ──► rows n = 16i … 16i+15, tokens t0 … t0+7
  *   W (N, K)      row n:  [k-step 0][k-step 1] … [k-step K/8-1]   ← one vec4 per row per step
- *   X (T, K)      x_t:    [  8 f32 ][  8 f32 ] …                  ← uniform binding per token
+ *   X (T, K)      x_t:    [  8 f32 ][  8 f32 ] …                  ← texture row t (or uniforms)
  *   loop k-step:  acc[r][t] += dot(W[n0+r, 8s … 8s+7], X[t0+t, 8s … 8s+7])
  *   end:          Y[t0+t, n0+r] = acc[r][t] (+ bias[n0+r])         (stores guarded by n < N)
  * ```
@@ -73,7 +74,7 @@
  *   docs/BENCHMARKS.md, session 4, for the padding that would make it one, and why it is out).
  *   Speed unchanged: same-process A/B at T = 8, (14336, 4096) 46.0–46.7 ms against
  *   46.6–47.8, (4096, 14336) 43.4–45.5 against 44.0–44.6.
- * - v7 (this file) texture weights are read as read-only storage textures
+ * - v7 texture weights are read as read-only storage textures
  *   (`texture_storage_2d<rgba32uint, read>`, an image load) instead of sampled ones (a texel
  *   fetch at level 0), where WGSL has them (every adapter we test). A profile of v6 put most of
  *   its time in llvmpipe's texel-fetch function, which handles a mip level per lane (row
@@ -81,6 +82,15 @@
  *   before its 8 loads; an image load has no level. Same kernel otherwise, same process,
  *   alternating, medians: (14336, 4096) T = 8 47.3 → 38.8 ms, (4096, 14336) T = 8 50.3 →
  *   40.0, (14336, 4096) T = 1 23.3 → 14.5 ms (5.0 → 8.1 GB/s); results bit-identical.
+ * - v8 (this file) X is read the same way: copied once per call into one `rgba32float`
+ *   storage texture (texel (j, t) = X[t, 4j … 4j + 3]) instead of per-token uniform windows,
+ *   where K % 64 == 0 (a copy's rows must be multiples of 256 bytes) and WGSL has read-only
+ *   storage textures. A profile of v7 at T = 8 put ~37 % of its samples on extracting lane
+ *   addresses and the lane-by-lane loads that use them, weights and X alike (for X, 8 lanes load
+ *   one address one by one); with X made free (values computed from the loop counter) the
+ *   kernel ran 1.9× faster. Same process, alternating, medians, texture weights:
+ *   T = 8 (14336, 4096) 42.1 → 35.8 ms, (4096, 14336) 42.5 → 34.3, (1024, 4096) 5.2 → 4.4;
+ *   T = 1 (14336, 4096) 14.3 → 13.5 ms; results bit-identical.
  *
  * ## Why it looks like this (what limits it on lavapipe)
  * lavapipe runs 8 invocations in one 256-bit SIMD register, but a storage-buffer load whose
@@ -89,7 +99,7 @@
  * (kernels/read_probe.ts) is bound by exactly that, not by DRAM. A uniform-buffer load is a
  * plain gather without bounds-check branches (~10 instructions per lane per `vec4`; Mesa 22
  * cannot prove an address made from the loop counter uniform, or it would be one load),
- * hence uniform X. The multiply-adds cost 2 SIMD instructions each (lavapipe lowers `fma` to a
+ * hence uniform X; an image load (v8) costs less again. The multiply-adds cost 2 SIMD instructions each (lavapipe lowers `fma` to a
  * multiply and an add), i.e. T/4 instructions per weight per lane against ~5 for loading it:
  * at T = 8 the arithmetic alone is ~40 % of the load cost, which is why the ratio to the
  * probe falls with T. On a real GPU both paths are ordinary memory-bound GEMV/GEMM code.
@@ -200,6 +210,8 @@ export interface MatmulPlan {
   /** Rows per invocation and invocations per workgroup. */
   rowsPerInvocation: number;
   workgroupSize: number;
+  /** Where the fast path reads X: uniform bindings, or a storage texture (v8). */
+  xFrom: "uniform" | "texture";
 }
 
 /** What {@linkcode matmulVariantInfo} reports. */
@@ -374,7 +386,9 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
 
   if (plan.path === "fast") {
     const xVec4s = xBindingBytes(gpu) / 16;
-    const xRows = stageX(gpu, encoder, a.x, T, K);
+    const xFrom = plan.xFrom;
+    const xTex = xFrom === "texture" ? stageXTexture(gpu, encoder, a.x, T, K) : undefined;
+    const xRows = xTex ? undefined : stageX(gpu, encoder, a.x, T, K);
     for (const c of plan.chunks) {
       const wBind: Binding = w.textures
         ? w.textures[c.texture!].createView()
@@ -387,6 +401,7 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
           weights: w.textures ? "texture" : "buffer",
           textureReads: w.textures ? w.reads : undefined,
           xVec4s,
+          xFrom,
           TT: p.tokens,
           RR,
           WG,
@@ -394,7 +409,7 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
         });
         const rows = warm ? 0 : c.rows;
         const params = gpu.uniform(new Uint32Array([rows, c.row0, c.wBase, N, p.t0, K, 0, 0]));
-        const xs = Array.from({ length: p.tokens }, (_, t) => xRows(p.t0 + t));
+        const xs = xTex ? [xTex] : Array.from({ length: p.tokens }, (_, t) => xRows!(p.t0 + t));
         gpu.dispatch(
           encoder,
           gpu.pipeline(code),
@@ -522,6 +537,7 @@ export function planMatmul(
     passes,
     rowsPerInvocation: RR,
     workgroupSize: fast ? FAST_WG : GENERAL_WG,
+    xFrom: fast && xFromTexture(gpu, a.T, K) ? "texture" : "uniform",
   };
 }
 
@@ -567,6 +583,52 @@ function stageX(
   return (t) => ({ buffer: b, offset: t * stride, size: window });
 }
 
+/**
+ * Whether the fast path reads X (T, K) from a storage texture (v8): where WGSL has read-only
+ * storage textures, K % 64 == 0 (a texture row is K·4 bytes, and a buffer-to-texture copy
+ * needs rows of a multiple of 256 bytes) and the texture fits the device's limits.
+ */
+function xFromTexture(gpu: Gpu, T: number, K: number): boolean {
+  const maxDim = gpu.device.limits.maxTextureDimension2D;
+  return gpu.textureReads === "storage" && K % 64 === 0 && K / 4 <= maxDim && T <= maxDim;
+}
+
+const xTextures = new WeakMap<Gpu, GPUTexture>();
+
+/**
+ * Copies X (T, K) into the `rgba32float` texture every fast-path call reuses (texel (j, t) =
+ * X[t, 4j … 4j + 3]; grown when a call needs more) and returns its view. Like stageX's
+ * buffer, one texture serves every call: an encoder's commands run in order.
+ */
+function stageXTexture(
+  gpu: Gpu,
+  encoder: GPUCommandEncoder,
+  x: GPUBuffer,
+  T: number,
+  K: number,
+): GPUTextureView {
+  gpu.endPass(encoder); // the copy below is an encoder command
+  let tex = xTextures.get(gpu);
+  if (!tex || tex.width < K / 4 || tex.height < T) {
+    tex = gpu.device.createTexture({
+      size: [Math.max(K / 4, tex?.width ?? 0), Math.max(T, 8, tex?.height ?? 0)],
+      format: "rgba32float",
+      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+      label: "matmul X texture",
+    });
+    xTextures.set(gpu, tex);
+  }
+  encoder.copyBufferToTexture(
+    { buffer: x, bytesPerRow: K * 4, rowsPerImage: T },
+    { texture: tex },
+    [
+      K / 4,
+      T,
+    ],
+  );
+  return tex.createView();
+}
+
 // ---------------------------------------------------------------------------------------
 // WGSL generation. Kernels are specialised by dtype, variant, tokens per pass (TT), rows
 // per invocation (RR) and bias; the pipeline cache in Gpu keys on the source text.
@@ -594,6 +656,11 @@ export function fastShader(
     textureReads?: TextureReads;
     /** vec4s in each X binding: the uniform binding limit / 16 (runs any K ≤ 4·xVec4s). */
     xVec4s: number;
+    /**
+     * Where X is read from (default "uniform": one uniform binding per token; "texture": one
+     * read-only `rgba32float` storage texture, texel (j, t) = X[t, 4j … 4j + 3]; see v8).
+     */
+    xFrom?: "uniform" | "texture";
     TT: number;
     RR: number;
     WG: number;
@@ -609,18 +676,31 @@ export function fastShader(
   });
   const packed = !(dtype === "F32" || native);
   const rows = [...Array(RR).keys()], toks = [...Array(TT).keys()];
-  const xDecls = toks.map((t) =>
-    `@group(0) @binding(${
-      bias ? 4 + t : 3 + t
-    }) var<uniform> x${t}: array<vec4<f32>, ${xVec4s}>; // X[t0 + ${t}, :]`
-  );
+  const xTex = s.xFrom === "texture";
+  const xBinding = bias ? 4 : 3;
+  const xDecls = xTex
+    ? [
+      `@group(0) @binding(${xBinding}) var xt: texture_storage_2d<rgba32float, read>; ` +
+      `// X (T, K): texel (j, t) = X[t, 4j … 4j + 3]`,
+    ]
+    : toks.map((t) =>
+      `@group(0) @binding(${
+        xBinding + t
+      }) var<uniform> x${t}: array<vec4<f32>, ${xVec4s}>; // X[t0 + ${t}, :]`
+    );
+  // X[t0 + t, 8s … 8s + 7] as two vec4s.
+  const xPair = (t: number) =>
+    xTex
+      ? `let xa${t} = textureLoad(xt, vec2<u32>(2u * s, p.t0 + ${t}u)); ` +
+        `let xb${t} = textureLoad(xt, vec2<u32>(2u * s + 1u, p.t0 + ${t}u));`
+      : `let xa${t} = x${t}[2u * s]; let xb${t} = x${t}[2u * s + 1u];`;
   // One k-step: X values of each token (even/odd k split for packed weights), then each row.
   const xLoads = toks.map((t) =>
     packed
-      ? `let xa${t} = x${t}[2u * s]; let xb${t} = x${t}[2u * s + 1u];
+      ? `${xPair(t)}
     let xe${t} = vec4<f32>(xa${t}.x, xa${t}.z, xb${t}.x, xb${t}.z); // X at even k
     let xo${t} = vec4<f32>(xa${t}.y, xa${t}.w, xb${t}.y, xb${t}.w); // X at odd k`
-      : `let xa${t} = x${t}[2u * s]; let xb${t} = x${t}[2u * s + 1u];`
+      : xPair(t)
   );
   const rowMath = rows.map((r) =>
     `${loadRow(r)}\n    ` +
@@ -630,9 +710,9 @@ export function fastShader(
         : `a${r}_${t} += dot(wa${r}, xa${t}) + dot(wb${r}, xb${t});`
     ).join(" ")
   );
-  return `// matmul fast path (v6): W ${dtype}${native ? " read as f16" : ""}${
+  return `// matmul fast path (v8): W ${dtype}${native ? " read as f16" : ""}${
     tex ? ` from a ${s.textureReads === "sampled" ? "sampled" : "storage"} texture` : ""
-  }, any K ≤ ${4 * xVec4s}, ` +
+  }, X from ${xTex ? "a storage texture, K % 64 == 0" : `uniforms, any K ≤ ${4 * xVec4s}`}, ` +
     `${TT} token(s) x ${RR} row(s) per invocation${bias ? ", bias" : ""}
 ${native ? "enable f16;\n" : ""}${PARAMS}
 @group(0) @binding(1) ${wDecl}

@@ -412,6 +412,39 @@ gpuTest(
 );
 
 gpuTest(
+  "matmul() reads X from a storage texture when K % 64 == 0 and from uniforms otherwise, " +
+    "exact either way",
+  async (gpu, rng) => {
+    const before = gpu.textureReads;
+    try {
+      const modes: TextureReads[] = before === "storage" ? ["storage", "sampled"] : ["sampled"];
+      for (const reads of modes) {
+        gpu.textureReads = reads; // "sampled": no storage textures, so X from uniforms too
+        for (const [T, N, K] of [[9, 70, 128], [3, 37, 72], [1, 19, 4096], [8, 33, 520]]) {
+          const want = reads === "storage" && K % 64 === 0 ? "texture" : "uniform";
+          for (const storage of ["buffer", "texture"] as const) {
+            const m = allocMatrix(gpu, { dtype: "BF16", N, K, storage });
+            assert.equal(planMatmul(gpu, { w: m, T }).xFrom, want, `K = ${K}, ${reads}`);
+            destroyMatrix(m);
+            await check(gpu, rng, {
+              T,
+              N,
+              K,
+              dtype: "BF16",
+              bias: T % 2 === 1,
+              family: "cpu",
+              storage,
+            });
+          }
+        }
+      }
+    } finally {
+      gpu.textureReads = before;
+    }
+  },
+);
+
+gpuTest(
   "writeMatrixBytes() lands pieces that split texture rows and textures; matmul() reads them all",
   async (gpu, rng) => {
     const [T, N, K] = [3, 37, 24]; // F32 rows: 96 bytes = 6 texels
