@@ -130,8 +130,9 @@ export class Gpu {
   /** One sentence: why {@linkcode weightStorage} is what it is. */
   weightStorageReason = "not measured yet (chooseKernels in choose.ts measures it)";
   /**
-   * How weight textures allocated from now on are read ({@linkcode detectTextureReads});
-   * tests set "sampled" to check that both reads agree.
+   * How weight textures allocated from now on are read ({@linkcode detectTextureReads}), and
+   * whether the matmul may read X from a storage texture too ("storage"; matmul.ts, v8).
+   * Tests set "sampled" to check that both paths agree.
    */
   textureReads: TextureReads = detectTextureReads();
   readonly #pipelines = new Map<string, GPUComputePipeline>();
