@@ -191,6 +191,16 @@ export class Gpu {
   }
 
   /**
+   * A small storage buffer that warm-up dispatches write their outputs into instead of the
+   * real ones (one per device; what lands in it is never read). WebGPU keeps every store
+   * inside its binding, so it may be far smaller than the output it stands in for.
+   */
+  get sink(): GPUBuffer {
+    return this.#sink ??= this.buffer(256, "warm-up sink");
+  }
+  #sink: GPUBuffer | undefined;
+
+  /**
    * Returns `bytes` if one buffer of that size may be created on this device, else throws a
    * {@linkcode GpuError} that says which buffer and what to do. Every buffer is checked
    * before `createBuffer`, which would otherwise fail later with a less helpful message.

@@ -92,6 +92,14 @@
  *   T = 8 (14336, 4096) 42.1 → 35.8 ms, (4096, 14336) 42.5 → 34.3, (1024, 4096) 5.2 → 4.4;
  *   T = 1 (14336, 4096) 14.3 → 13.5 ms; results bit-identical.
  *
+ *   With v8 the warm-up (`warmUpOnly`) dispatches one workgroup with the real parameters into
+ *   `gpu.sink` instead of zero rows: llvmpipe specialises a pipeline on the values of the
+ *   uniforms its loops and branches test (`rows`, `K`) and on the size class of each texture it
+ *   reads, so the zero-row warm-up had compiled variants no real call used. The X texture's
+ *   sides are powers of two for the same reason. With Mesa's shader cache cold, the 8B-shaped
+ *   capture went from 5.7–5.9 s to 5.0–5.5 s and layer 0 from 3.2–3.4 s to 0.34–0.41 s; warm,
+ *   medians 2.41 → 2.37 s (8 alternating pairs, within the noise).
+ *
  * ## Why it looks like this (what limits it on lavapipe)
  * lavapipe runs 8 invocations in one 256-bit SIMD register, but a storage-buffer load whose
  * address differs per invocation becomes a scalar loop over the 8 lanes with a bounds check
@@ -181,9 +189,12 @@ export interface MatmulArgs {
   /** Force a kernel family; default `gpu.kernels` (see matmul_gpu.ts for "gpu"). */
   family?: KernelFamily;
   /**
-   * Record the same pipelines over zero rows: Y is left untouched, but the shaders are
-   * compiled (lavapipe compiles a pipeline at its first dispatch), so a run can warm them
-   * up while its first weights are still being read.
+   * Record the same pipelines, with the same parameters, as one workgroup that stores into
+   * `gpu.sink`: Y is left untouched, but the shaders are compiled, so a run can warm them
+   * up before its first weights arrive. The parameters must be the real ones: llvmpipe
+   * compiles a pipeline at its first dispatch, specialised on the values of the uniforms
+   * its loops and branches test (here `rows` and `K`), so a warm-up over zero rows compiled
+   * a variant no real call uses (measured: a 0.95 s compile at the first real call after it).
    */
   warmUpOnly?: boolean;
 }
@@ -378,11 +389,11 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
         `run fewer tokens per call.`,
     );
   }
-  const yBind: Binding = { buffer: a.y, size: T * N * 4 };
+  const warm = a.warmUpOnly === true; // one workgroup, storing into the sink
+  const yBind: Binding = warm ? gpu.sink : { buffer: a.y, size: T * N * 4 };
   const biasBind: Binding[] = a.bias ? [{ buffer: a.bias, size: N * 4 }] : [];
   const gridLimit = a.gridLimit ?? 65535;
   const RR = plan.rowsPerInvocation, WG = plan.workgroupSize;
-  const warm = a.warmUpOnly === true; // zero rows, one workgroup
 
   if (plan.path === "fast") {
     const xVec4s = xBindingBytes(gpu) / 16;
@@ -407,8 +418,7 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
           WG,
           bias: !!a.bias,
         });
-        const rows = warm ? 0 : c.rows;
-        const params = gpu.uniform(new Uint32Array([rows, c.row0, c.wBase, N, p.t0, K, 0, 0]));
+        const params = gpu.uniform(new Uint32Array([c.rows, c.row0, c.wBase, N, p.t0, K, 0, 0]));
         const xs = xTex ? [xTex] : Array.from({ length: p.tokens }, (_, t) => xRows!(p.t0 + t));
         gpu.dispatch(
           encoder,
@@ -432,7 +442,7 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
       for (const p of plan.passes) {
         const code = generalShader({ dtype: w.dtype, TT: p.tokens, bias: !!a.bias });
         const params = gpu.uniform(
-          new Uint32Array([warm ? 0 : c.rows, c.row0, c.wBase, N, p.t0, K, 0, 0]),
+          new Uint32Array([c.rows, c.row0, c.wBase, N, p.t0, K, 0, 0]),
         );
         gpu.dispatch(
           encoder,
@@ -596,6 +606,17 @@ function xFromTexture(gpu: Gpu, T: number, K: number): boolean {
 const xTextures = new WeakMap<Gpu, GPUTexture>();
 
 /**
+ * A side of the X texture for n texels: the power of two ≥ n (within the device's limit), so
+ * that every call binds a texture of one size class: llvmpipe compiles a variant of a
+ * pipeline per class (each side a power of two or not) of the textures it reads, and a
+ * warm-up with a 1024-wide X texture (K = 4096) did not compile what a later call with a
+ * 3584-wide one (K = 14336) needed.
+ */
+function side(gpu: Gpu, n: number): number {
+  return Math.min(2 ** Math.ceil(Math.log2(n)), gpu.device.limits.maxTextureDimension2D);
+}
+
+/**
  * Copies X (T, K) into the `rgba32float` texture every fast-path call reuses (texel (j, t) =
  * X[t, 4j … 4j + 3]; grown when a call needs more) and returns its view. Like stageX's
  * buffer, one texture serves every call: an encoder's commands run in order.
@@ -611,7 +632,10 @@ function stageXTexture(
   let tex = xTextures.get(gpu);
   if (!tex || tex.width < K / 4 || tex.height < T) {
     tex = gpu.device.createTexture({
-      size: [Math.max(K / 4, tex?.width ?? 0), Math.max(T, 8, tex?.height ?? 0)],
+      size: [
+        side(gpu, Math.max(K / 4, tex?.width ?? 0)),
+        side(gpu, Math.max(T, 8, tex?.height ?? 0)),
+      ],
       format: "rgba32float",
       usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
       label: "matmul X texture",

@@ -66,7 +66,7 @@ export interface GpuMatmulArgs {
   maxBindingBytes?: number;
   /** Workgroups per grid dimension (default 65535). */
   gridLimit?: number;
-  /** Compile and record the same pipelines over zero rows: Y is left untouched. */
+  /** Record the same pipelines as one workgroup into `gpu.sink`: Y is left untouched (see matmul.ts). */
   warmUpOnly?: boolean;
 }
 
@@ -157,12 +157,15 @@ export function matmulGpu(gpu: Gpu, encoder: GPUCommandEncoder, a: GpuMatmulArgs
   const biasBind: Binding[] = a.bias ? [{ buffer: a.bias, size: N * 4 }] : [];
   for (const win of plan.windows) {
     const xBind: Binding = { buffer: a.x, offset: win.t0 * K * 4, size: win.tokens * K * 4 };
-    const yBind: Binding = { buffer: a.y, offset: win.t0 * N * 4, size: win.tokens * N * 4 };
+    // A warm-up runs one workgroup with the real parameters into the sink (see MatmulArgs).
+    const warm = a.warmUpOnly === true;
+    const yBind: Binding = warm
+      ? gpu.sink
+      : { buffer: a.y, offset: win.t0 * N * 4, size: win.tokens * N * 4 };
     for (const c of plan.chunks) {
       const wBind: Binding = { buffer: w.buffer, offset: c.offset, size: c.size };
-      const warm = a.warmUpOnly === true; // zero rows, one workgroup: nothing is stored
       const params = gpu.uniform(
-        new Uint32Array([warm ? 0 : c.rows, c.row0, c.wBase, N, win.tokens, K, 0, 0]),
+        new Uint32Array([c.rows, c.row0, c.wBase, N, win.tokens, K, 0, 0]),
       );
       const bindings = [params, wBind, yBind, xBind, ...biasBind];
       if (plan.kind === "gemv") {

@@ -260,10 +260,12 @@ export function layerDims(cfg: ModelConfig, T: number): LayerDims {
 }
 
 /**
- * Records every pipeline one layer uses over a throwaway residual `x0`: matmuls over zero
- * rows (compiled, not run), the small steps for real (they take well under a millisecond).
- * lavapipe compiles a pipeline at its first dispatch; done first, this overlaps with reading
- * layer 0 instead of delaying its compute.
+ * Records every pipeline one layer uses over a throwaway residual `x0`: each matmul as one
+ * workgroup with its real shapes, storing into `gpu.sink` (matmul.ts, `warmUpOnly`), the
+ * small steps for real (they take well under a millisecond). lavapipe compiles a pipeline at
+ * its first dispatch, specialised on its uniforms' values and its textures' size classes, so
+ * the warm-up dispatches what layer 0 will; done first, it runs before layer 0's attention
+ * weights are written instead of inside layer 0's compute.
  */
 function warmUp(
   gpu: Gpu,
