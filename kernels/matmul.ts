@@ -642,14 +642,8 @@ function stageXTexture(
     });
     xTextures.set(gpu, tex);
   }
-  encoder.copyBufferToTexture(
-    { buffer: x, bytesPerRow: K * 4, rowsPerImage: T },
-    { texture: tex },
-    [
-      K / 4,
-      T,
-    ],
-  );
+  const rows = { buffer: x, bytesPerRow: K * 4, rowsPerImage: T }; // X row t = texture row t
+  encoder.copyBufferToTexture(rows, { texture: tex }, [K / 4, T]);
   return tex.createView();
 }
 
