@@ -107,8 +107,8 @@
  * (kernels/read_probe.ts) is bound by exactly that, not by DRAM. A uniform-buffer load is a
  * plain gather without bounds-check branches (~10 instructions per lane per `vec4`; Mesa 22
  * cannot prove an address made from the loop counter uniform, or it would be one load),
- * hence uniform X; an image load (v8) costs less again. The multiply-adds cost 2 SIMD instructions each (lavapipe lowers `fma` to a
- * multiply and an add), i.e. T/4 instructions per weight per lane against ~5 for loading it:
+ * hence uniform X; an image load (v8) costs less again. The multiply-adds cost 2 SIMD
+ * instructions each (lavapipe lowers `fma` to a multiply and an add), i.e. T/4 instructions per weight per lane against ~5 for loading it:
  * at T = 8 the arithmetic alone is ~40 % of the load cost, which is why the ratio to the
  * probe falls with T. On a real GPU both paths are ordinary memory-bound GEMV/GEMM code.
  *
@@ -140,6 +140,8 @@ import {
   allocWeightTextures,
   type TextureLayout,
   textureLayout,
+  textureReadsOf,
+  textureWgsl,
   writeWeightTextures,
 } from "./weight_texture.ts";
 
@@ -160,13 +162,7 @@ export interface MatrixShape {
  */
 export type GpuMatrix =
   | MatrixShape & { buffer: GPUBuffer; textures?: undefined }
-  | MatrixShape & {
-    textures: GPUTexture[];
-    layout: TextureLayout;
-    /** How the kernel reads them (fixed when they are made: storage reads need their usage). */
-    reads: TextureReads;
-    buffer?: undefined;
-  };
+  | MatrixShape & { textures: GPUTexture[]; layout: TextureLayout; buffer?: undefined };
 
 /** Arguments of {@linkcode matmul}. */
 export interface MatmulArgs {
@@ -317,8 +313,11 @@ export function allocMatrix(gpu: Gpu, m: MatrixOptions): GpuMatrix {
   const storage = m.storage ?? (gpu.kernels === "cpu" ? gpu.weightStorage : "buffer");
   if (storage === "texture" && layout) {
     const reads = m.textureReads ?? gpu.textureReads;
-    const textures = allocWeightTextures(gpu, layout, { label: m.label, reads });
-    return { ...shape, textures, layout, reads };
+    return {
+      ...shape,
+      textures: allocWeightTextures(gpu, layout, { label: m.label, reads }),
+      layout,
+    };
   }
   return { ...shape, buffer: gpu.buffer(m.N * m.K * DTYPE_BYTES[m.dtype], m.label) };
 }
@@ -410,7 +409,7 @@ export function matmul(gpu: Gpu, encoder: GPUCommandEncoder, a: MatmulArgs): voi
           dtype: w.dtype,
           variant: plan.variant,
           weights: w.textures ? "texture" : "buffer",
-          textureReads: w.textures ? w.reads : undefined,
+          textureReads: w.textures ? textureReadsOf(w.textures[0]) : undefined,
           xVec4s,
           xFrom,
           TT: p.tokens,
@@ -686,12 +685,9 @@ export function fastShader(
   },
 ): string {
   const { dtype, xVec4s, TT, RR, WG, bias } = s;
-  const tex = s.weights === "texture";
+  const tex = s.weights === "texture" ? (s.textureReads ?? "storage") : undefined;
   const native = dtype === "F16" && s.variant === "f16" && !tex;
-  const { wDecl, perRow, helpers, loadRow, rowStart } = weightReads(dtype, {
-    tex: tex ? (s.textureReads ?? "storage") : undefined,
-    native,
-  });
+  const { wDecl, perRow, helpers, loadRow, rowStart } = weightReads(dtype, { tex, native });
   const packed = !(dtype === "F32" || native);
   const rows = [...Array(RR).keys()], toks = [...Array(TT).keys()];
   const xTex = s.xFrom === "texture";
@@ -729,7 +725,7 @@ export function fastShader(
     ).join(" ")
   );
   return `// matmul fast path (v8): W ${dtype}${native ? " read as f16" : ""}${
-    tex ? ` from a ${s.textureReads === "sampled" ? "sampled" : "storage"} texture` : ""
+    tex ? ` from a ${tex} texture` : ""
   }, X from ${xTex ? "a storage texture, K % 64 == 0" : `uniforms, any K ≤ ${4 * xVec4s}`}, ` +
     `${TT} token(s) x ${RR} row(s) per invocation${bias ? ", bias" : ""}
 ${native ? "enable f16;\n" : ""}${PARAMS}
@@ -783,13 +779,11 @@ function weightReads(dtype: WeightDtype, o: { tex?: TextureReads; native: boolea
   let wDecl: string, perRow = "", helpers = "", loadRow: (r: number) => string;
   if (tex) {
     // Row r's k-step s is texel (s, row) (F32: texels 2s and 2s + 1); see weight_texture.ts.
-    // A storage texture is read with an image load (no mip level), a sampled one with a
-    // texel fetch at level 0: same texels, far fewer instructions on llvmpipe for the first.
-    const storage = tex === "storage";
-    wDecl = `var w: ${storage ? "texture_storage_2d<rgba32uint, read>" : "texture_2d<u32>"}; ` +
-      `// W chunk: texel row n = row n, 16 bytes per texel`;
-    const at = (x: string, r: number) =>
-      `textureLoad(w, vec2<u32>(${x}, row${r})${storage ? "" : ", 0"})`;
+    // A storage texture is read with an image load, a sampled one with a texel fetch: same
+    // texels, far fewer instructions on llvmpipe for the first.
+    const t = textureWgsl(tex);
+    wDecl = `var w: ${t.type}; // W chunk: texel row n = row n, 16 bytes per texel`;
+    const at = (x: string, r: number) => t.load("w", `vec2<u32>(${x}, row${r})`);
     loadRow = dtype === "F32"
       ? (r) =>
         `let wa${r} = bitcast<vec4<f32>>(${at("2u * s", r)}); ` +

@@ -66,7 +66,10 @@ export interface GpuMatmulArgs {
   maxBindingBytes?: number;
   /** Workgroups per grid dimension (default 65535). */
   gridLimit?: number;
-  /** Record the same pipelines as one workgroup into `gpu.sink`: Y is left untouched (see matmul.ts). */
+  /**
+   * Record the same pipelines as one workgroup storing into `gpu.sink`: Y is left untouched
+   * (see `warmUpOnly` in matmul.ts).
+   */
   warmUpOnly?: boolean;
 }
 

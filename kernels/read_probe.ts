@@ -37,6 +37,7 @@
  * @module
  */
 import { type Gpu, grid2d, type TextureReads } from "./gpu.ts";
+import { textureReadsOf, textureWgsl } from "./weight_texture.ts";
 
 /** One way of reading the buffer. */
 export interface ReadProbePattern {
@@ -255,13 +256,11 @@ export function readProbeTextureShader(
 ): string {
   const R = p.rows, WG = p.workgroupSize;
   const rows = [...Array(R).keys()];
-  const storage = reads === "storage";
+  const t = textureWgsl(reads);
   return `// texture read probe: ${p.name}, ${reads} reads
 struct Params { width: u32, height: u32, _0: u32, _1: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var t: ${
-    storage ? "texture_storage_2d<rgba32uint, read>" : "texture_2d<u32>"
-  };
+@group(0) @binding(1) var t: ${t.type};
 @group(0) @binding(2) var<storage, read_write> o: array<u32>; // one word per invocation
 
 @compute @workgroup_size(${WG})
@@ -273,10 +272,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let last = p.height - 1u;                          // rows past the end re-read the last
     ${rows.map((r) => `let y${r} = min(r0 + ${r}u, last);`).join("\n    ")}
     for (var x = 0u; x < p.width; x++) {
-      ${
-    rows.map((r) => `let v${r} = textureLoad(t, vec2<u32>(x, y${r})${storage ? "" : ", 0"});`)
-      .join("\n      ")
-  }
+      ${rows.map((r) => `let v${r} = ${t.load("t", `vec2<u32>(x, y${r})`)};`).join("\n      ")}
       s ^= ${
     rows.map((r) => (r === 0 ? "v0" : `select(vec4<u32>(0u), v${r}, r0 + ${r}u < p.height)`))
       .join(" ^ ")
@@ -307,8 +303,7 @@ export function readProbeTexture(
   const { width, height } = a.texture;
   const n = readProbeTextureInvocations(a.pattern, height);
   const params = gpu.uniform(new Uint32Array([width, height, 0, 0]));
-  const reads = a.reads ??
-    (a.texture.usage & GPUTextureUsage.STORAGE_BINDING ? "storage" : "sampled");
+  const reads = a.reads ?? textureReadsOf(a.texture);
   gpu.dispatch(
     encoder,
     gpu.pipeline(readProbeTextureShader(a.pattern, reads)),

@@ -99,6 +99,35 @@ export function allocWeightTextures(
     }));
 }
 
+/**
+ * How a texture made by {@linkcode allocWeightTextures} is read: "storage" when it was made
+ * with `STORAGE_BINDING` (read-only storage texture, image loads), else "sampled".
+ */
+export function textureReadsOf(texture: GPUTexture): TextureReads {
+  return texture.usage & GPUTextureUsage.STORAGE_BINDING ? "storage" : "sampled";
+}
+
+/**
+ * The WGSL to read an `rgba32uint` texture the `reads` way: its binding type, and a load of
+ * one texel (a storage texture has no mip level; a sampled one is fetched at level 0).
+ * @example
+ * ```ts
+ * const t = textureWgsl("storage");
+ * const decl = `var w: ${t.type};`; // var w: texture_storage_2d<rgba32uint, read>;
+ * const load = t.load("w", "vec2<u32>(x, y)"); // textureLoad(w, vec2<u32>(x, y))
+ * ```
+ */
+export function textureWgsl(reads: TextureReads): {
+  type: string;
+  load: (name: string, coords: string) => string;
+} {
+  const storage = reads === "storage";
+  return {
+    type: storage ? "texture_storage_2d<rgba32uint, read>" : "texture_2d<u32>",
+    load: (name, coords) => `textureLoad(${name}, ${coords}${storage ? "" : ", 0"})`,
+  };
+}
+
 /** One `writeTexture` call of {@linkcode textureWrites}: a rectangle of texels. */
 export interface TextureWrite {
   /** Byte offset of the rectangle's first texel within the bytes being written. */

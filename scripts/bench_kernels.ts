@@ -44,6 +44,7 @@ import {
   type TextureProbePattern,
 } from "../kernels/read_probe.ts";
 import { decodeWeights, DTYPE_BYTES, encodeWeights, type WeightDtype } from "../kernels/dtype.ts";
+import { allocWeightTextures } from "../kernels/weight_texture.ts";
 
 const argv = Deno.args;
 const quick = argv.includes("--quick");
@@ -118,12 +119,8 @@ console.log(`  best: ${best.name}, ${probeBest.toFixed(2)} GB/s`);
 // 512-texel rows, the width of a (N, 4096) BF16 matrix.
 const TEX_W = 512, TEX_H = PROBE_BUF / (TEX_W * 16);
 const probeTexs = Array.from({ length: ROTATION_BYTES / PROBE_BUF }, (_, i) => {
-  const texture = gpu.device.createTexture({
-    size: [TEX_W, TEX_H],
-    format: "rgba32uint",
-    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST |
-      (gpu.textureReads === "storage" ? GPUTextureUsage.STORAGE_BINDING : 0), // read as matmul does
-  });
+  const layout = { width: TEX_W, rowsPerTexture: TEX_H, textures: 1, rowBytes: TEX_W * 16 };
+  const [texture] = allocWeightTextures(gpu, layout); // read as the matmul reads its weights
   const w = new Uint32Array(PROBE_BUF / 4).fill(i + 1);
   gpu.device.queue.writeTexture({ texture }, w, { bytesPerRow: TEX_W * 16 }, [TEX_W, TEX_H]);
   return texture;

@@ -14,6 +14,7 @@ import {
   TEXTURE_PROBE_PATTERNS,
 } from "../kernels/read_probe.ts";
 import type { Gpu, TextureReads } from "../kernels/gpu.ts";
+import { allocWeightTextures } from "../kernels/weight_texture.ts";
 import assert from "node:assert/strict";
 
 Deno.test("readProbeRef() is the XOR of all words", () => {
@@ -62,12 +63,8 @@ gpuTest(
       const words = new Uint32Array(width * height * 4);
       for (let i = 0; i < words.length; i++) words[i] = (rng.next() * 2 ** 32) >>> 0;
       const storage = gpu.textureReads === "storage";
-      const texture = gpu.device.createTexture({
-        size: [width, height],
-        format: "rgba32uint",
-        usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST |
-          (storage ? GPUTextureUsage.STORAGE_BINDING : 0),
-      });
+      const layout = { width, rowsPerTexture: height, textures: 1, rowBytes: width * 16 };
+      const [texture] = allocWeightTextures(gpu, layout); // storage and sampled reads alike
       gpu.device.queue.writeTexture({ texture }, words, { bytesPerRow: width * 16 }, [
         width,
         height,
