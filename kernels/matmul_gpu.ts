@@ -158,10 +158,10 @@ export function matmulGpu(gpu: Gpu, encoder: GPUCommandEncoder, a: GpuMatmulArgs
   const plan = planMatmulGpu(gpu, a);
   const gridLimit = a.gridLimit ?? 65535;
   const biasBind: Binding[] = a.bias ? [{ buffer: a.bias, size: N * 4 }] : [];
+  // A warm-up runs one workgroup with the real parameters into the sink (see MatmulArgs).
+  const warm = a.warmUpOnly === true;
   for (const win of plan.windows) {
     const xBind: Binding = { buffer: a.x, offset: win.t0 * K * 4, size: win.tokens * K * 4 };
-    // A warm-up runs one workgroup with the real parameters into the sink (see MatmulArgs).
-    const warm = a.warmUpOnly === true;
     const yBind: Binding = warm
       ? gpu.sink
       : { buffer: a.y, offset: win.t0 * N * 4, size: win.tokens * N * 4 };
