@@ -12,8 +12,21 @@ import { captureLayer } from "../model/capture.ts";
 import { explorerHtml } from "../viz/explorer.ts";
 import { makeTinyModel } from "./make_tiny_model.ts";
 
+const USAGE = "usage: deno run -A scripts/screenshot_explorer.ts [OUT.png]  " +
+  "(default docs/explorer.png; needs /usr/bin/chromium, or the path in CHROMIUM)";
+
 if (import.meta.main) {
-  const out = Deno.args[0] ?? "docs/explorer.png";
+  // One optional argument, a file name: an option (or a mistyped one) is not taken for one.
+  const [arg, ...rest] = Deno.args;
+  if (arg === "--help" || arg === "-h") {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  if (rest.length > 0 || arg?.startsWith("-")) {
+    console.error(`error: expected at most one argument, the PNG to write.\n${USAGE}`);
+    Deno.exit(2);
+  }
+  const out = arg ?? "docs/explorer.png";
   const { dir } = await makeTinyModel();
   const cap = await captureLayer({
     model: dir,
